@@ -1,0 +1,66 @@
+"""Process-level set-up before Ray starts: plugin loading and the CPU device path.
+
+verl's registries are per process, so ``verl_ext.plugins`` must be imported in the driver *and*
+in every Ray worker: it is added to ``VERL_USE_EXTERNAL_MODULES`` both in this process and in the
+Ray runtime environment (workers inherit only what the runtime env carries).
+
+With ``trainer.device=cpu`` it also selects verl_ext's CPU platform (``VERL_PLATFORM=cpu``) and
+``VERL_ENGINE_DEVICE=cuda``: verl registers its FSDP engine only under the device names cuda/npu
+(``workers/engine/fsdp/transformer_impl.py``) and that variable overrides the lookup key; the
+engine itself then runs on whatever ``get_device_name()`` answers (cpu).
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+PLUGIN_MODULE = "verl_ext.plugins"
+
+
+def _add_module(value: str | None, module: str) -> str:
+    mods = [m for m in (value or "").split(",") if m]
+    if module not in mods:
+        mods.append(module)
+    return ",".join(mods)
+
+
+def runtime_env_vars(config: DictConfig) -> dict[str, str]:
+    env = {"VERL_USE_EXTERNAL_MODULES": _add_module(os.environ.get("VERL_USE_EXTERNAL_MODULES"), PLUGIN_MODULE)}
+    if str(config.trainer.get("device", "cuda")) == "cpu":
+        env.update({
+            "VERL_PLATFORM": "cpu",
+            "VERL_ENGINE_DEVICE": "cuda",
+            "TOKENIZERS_PARALLELISM": "false",
+            # A CPU run has nothing to download: fail fast instead of waiting on the network.
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        })
+    return env
+
+
+def prepare_runtime(config: DictConfig) -> None:
+    """Set the env vars here and in ``ray_kwargs.ray_init.runtime_env.env_vars``; load plugins."""
+    env = runtime_env_vars(config)
+    os.environ.update(env)
+    with open_dict(config):
+        ray_init = config.ray_kwargs.setdefault("ray_init", {})
+        runtime_env = ray_init.get("runtime_env") or OmegaConf.create({})
+        ray_init["runtime_env"] = runtime_env
+        env_vars = runtime_env.get("env_vars") or OmegaConf.create({})
+        for k, v in env.items():
+            env_vars[k] = v
+        runtime_env["env_vars"] = env_vars
+
+    import importlib
+
+    importlib.import_module(PLUGIN_MODULE)
+    if env.get("VERL_PLATFORM") == "cpu":
+        from verl.plugin.platform.platform_manager import get_platform, set_platform
+
+        from verl_ext.cpu.platform import PlatformCPU, patch_gloo_process_group
+
+        if get_platform().device_name != "cpu":
+            # verl resolved its platform at import time, before the config was known.
+            set_platform(PlatformCPU())
+        patch_gloo_process_group()

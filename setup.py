@@ -1,0 +1,31 @@
+"""hpt-verl: Hybrid Post-Training (arXiv 2509.04419) as a verl 0.9.1 recipe."""
+
+from setuptools import find_packages, setup
+
+# verl's [verl-core] extra brings the import-time needs (cachetools, fastapi, ...) that plain
+# `verl` lacks. Never add verl's [vllm]/[sglang]/[fsdp]/[megatron]/[cpu] extras here: they pin a
+# CUDA torch. torch itself is left to the user (CPU: `pip install torch==2.13.0`).
+INSTALL_REQUIRES = [
+    "verl[verl-core]==0.9.1",
+    "TransferQueue==0.1.11",
+    "math-verify==0.9.0",
+    "pandas",
+    "pyarrow",
+    "matplotlib",
+]
+
+setup(
+    name="hpt-verl",
+    version="0.1.0",
+    description="Hybrid Post-Training (unified SFT+RL policy gradient) recipe for verl",
+    python_requires=">=3.10",
+    packages=find_packages(include=["verl_ext", "verl_ext.*", "recipe", "recipe.*"]),
+    package_data={"recipe.hpt": ["config/*.yaml", "config/*/*.yaml", "config/*/*.md"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-timeout"],
+        # GPU users: verl 0.9.1's own [vllm] extra pins vllm==0.24.0 with torch==2.11.0.
+        "gpu": ["vllm==0.24.0"],
+    },
+)
