@@ -29,7 +29,7 @@ class HPTTaskRunner(BaseTaskRunner):
         from recipe.hpt.hpt_worker import HPTActorRolloutRefWorker
 
         for role in list(self.role_worker_mapping):
-            if self.mapping.get(role) == "global_pool" and "Actor" in str(role):
+            if role.name in ("ActorRollout", "ActorRolloutRef"):
                 self.role_worker_mapping[role] = ray.remote(HPTActorRolloutRefWorker)
         return HPTActorRolloutRefWorker, ray_worker_group_cls
 
@@ -42,6 +42,10 @@ class HPTTaskRunner(BaseTaskRunner):
 
         print(f"HPTTaskRunner hostname: {socket.gethostname()}, PID: {os.getpid()}")
         OmegaConf.resolve(config)
+        # Workers are built from `actor_rollout_ref` only: hand them the hpt node (loss preset,
+        # step skip). The user-facing keys stay under `hpt.`.
+        with open_dict(config):
+            config.actor_rollout_ref.hpt = config.get("hpt", None)
 
         actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)
         self.add_critic_worker(config)

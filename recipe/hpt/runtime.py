@@ -26,8 +26,13 @@ def _add_module(value: str | None, module: str) -> str:
     return ",".join(mods)
 
 
+# Set in the launching shell, these must reach the TaskRunner and workers too.
+FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT", "HPT_HF_ROLLOUT_THREADS", "HF_HOME")
+
+
 def runtime_env_vars(config: DictConfig) -> dict[str, str]:
     env = {"VERL_USE_EXTERNAL_MODULES": _add_module(os.environ.get("VERL_USE_EXTERNAL_MODULES"), PLUGIN_MODULE)}
+    env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
     if str(config.trainer.get("device", "cuda")) == "cpu":
         env.update({
             "VERL_PLATFORM": "cpu",

@@ -1,0 +1,27 @@
+"""Shared fixtures: the tiny model and the arithmetic dataset, built once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from verl_ext.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def arith_data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("arith")
+    subprocess.run([sys.executable, str(REPO / "scripts/data/make_arith_dataset.py"), "--out", str(out),
+                    "--train", "64", "--test", "16"], check=True, cwd=REPO)
+    return out

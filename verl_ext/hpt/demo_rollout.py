@@ -1,0 +1,76 @@
+"""A rollout manager that returns demonstrations instead of generating (the SFT-only baseline).
+
+With ``hpt.gate.strategy=always`` every question is trained on its demonstration and no rollout
+is ever used, so generating them would be pure waste. This wrapper answers training-time
+``generate_sequences`` calls with the demonstrations as the "responses" (prompt tokenised with the
+chat template, as verl's single-turn agent loop does), and forwards validation calls to the real
+rollout manager, so evaluation still samples from the policy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from verl import DataProto
+
+from verl_ext.hpt.merge import encode_demonstrations, position_ids_from_mask
+
+
+class DemonstrationRolloutManager:
+    def __init__(self, inner, tokenizer, config, demo_field: str = "target"):
+        self.inner = inner
+        self.tokenizer = tokenizer
+        self.config = config
+        self.demo_field = demo_field
+
+    def __getattr__(self, name):  # everything else (sleep, wake_up, ...) is the real manager's
+        return getattr(self.inner, name)
+
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        if prompts.meta_info.get("validate", False):
+            return self.inner.generate_sequences(prompts)
+        t0 = time.perf_counter()
+        rollout = self.config.actor_rollout_ref.rollout
+        p_len, r_len = int(rollout.prompt_length), int(rollout.response_length)
+        nt = prompts.non_tensor_batch
+        tmpl_kwargs = dict(self.config.data.get("apply_chat_template_kwargs", {}) or {})
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        targets, prompt_ids = [], []
+        for i in range(len(prompts)):
+            info = nt["extra_info"][i] or {}
+            if not info.get(self.demo_field):
+                raise KeyError(f"row {i} (index {info.get('index')!r}) has no extra_info['{self.demo_field}']")
+            targets.append(str(info[self.demo_field]))
+            ids = self.tokenizer.apply_chat_template(list(nt["raw_prompt"][i]), add_generation_prompt=True,
+                                                     tokenize=True, **tmpl_kwargs)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            if len(ids) > p_len:
+                raise ValueError(f"row {i}: prompt of {len(ids)} tokens exceeds prompt_length {p_len}")
+            prompt_ids.append(list(ids))
+        demo_ids, _ = encode_demonstrations(self.tokenizer, targets, r_len)
+        b = len(prompts)
+        prompts_t = torch.full((b, p_len), pad, dtype=torch.long)
+        responses = torch.full((b, r_len), pad, dtype=torch.long)
+        p_mask = torch.zeros((b, p_len), dtype=torch.long)
+        r_mask = torch.zeros((b, r_len), dtype=torch.long)
+        for i, (p, r) in enumerate(zip(prompt_ids, demo_ids)):
+            prompts_t[i, p_len - len(p):] = torch.tensor(p)
+            p_mask[i, p_len - len(p):] = 1
+            responses[i, : len(r)] = torch.tensor(r)
+            r_mask[i, : len(r)] = 1
+        attention = torch.cat([p_mask, r_mask], dim=-1)
+        batch = {
+            "prompts": prompts_t,
+            "responses": responses,
+            "response_mask": r_mask,
+            "input_ids": torch.cat([prompts_t, responses], dim=-1),
+            "attention_mask": attention,
+            "position_ids": position_ids_from_mask(attention),
+            "rm_scores": torch.zeros((b, r_len), dtype=torch.float32),
+        }
+        non_tensors = {"__num_turns__": np.full(b, 2, dtype=np.int32)}
+        elapsed = time.perf_counter() - t0
+        return DataProto.from_dict(tensors=batch, non_tensors=non_tensors,
+                                   meta_info={"timing": {"hpt/demo_rollout_s": elapsed}, "reward_extra_keys": []})

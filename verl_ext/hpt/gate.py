@@ -1,0 +1,176 @@
+"""The verification-accuracy gate of HPT (paper Eq. 8-10), as pure array functions.
+
+For question q with n verified rollouts v_i ∈ {0,1}:
+
+    P(q) = (1/n) Σ_i v_i                       (Eq. 8, pass rate)
+    α(q) = f(P), β(q) = g(P)                   (Eq. 9)
+    L(q) = α·L_RL(rollouts of q) + β·L_SFT(demonstration of q)   (Eq. 13)
+
+Strategies (``hpt.gate.strategy``):
+
+- ``switch``  α = 1[P > γ], β = 1[P ≤ γ]  (Eq. 10; what the paper and its release ran)
+- ``soft``    (α, β) read from ``soft_table`` indexed by the number of correct rollouts k = nP
+              (n+1 rows), or from ``soft_fn`` (``linear``: α = P, β = 1 − P)
+- ``fixed``   α = ``fixed_alpha``, β = ``fixed_beta`` for every question (a fixed SFT/RL mix)
+- ``always``  α = 0, β = 1 (SFT only; the trainer then skips generation altogether)
+- ``never``   α = 1, β = 0 (pure RL, e.g. GRPO through the same trainer)
+
+A rollout counts as correct when its score is >= ``correct_threshold`` (the release counts
+reward == 1 exactly, which is the same for a binary verifier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+STRATEGIES = ("switch", "soft", "fixed", "always", "never")
+PLACEMENTS = ("replace", "add")
+SOFT_FUNCTIONS = ("linear",)
+
+
+class GateConfigError(ValueError):
+    """A bad ``hpt.gate`` value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """``hpt.gate``: how each question is routed between the RL and SFT arms.
+
+    placement: ``replace`` — the demonstration is a separate row with its own group (the
+      release: a gated question's n rollouts are replaced by one SFT row when α = 0);
+      ``add`` — the demonstration joins the question's rollout group as an off-policy sample
+      (LUFFY/SRFT style: GRPO's group statistics then include it).
+    keep_gated_rollouts: in ``add`` placement, keep the rollouts of a gated question (α forced to
+      1 for them) so the demonstration has a group to be compared with (Table 5's OFF/ON).
+    """
+
+    strategy: str = "switch"
+    gamma: float = 0.0
+    placement: str = "replace"
+    keep_gated_rollouts: bool = False
+    soft_table: Optional[tuple[tuple[float, float], ...]] = None
+    soft_fn: Optional[str] = None
+    fixed_alpha: float = 1.0
+    fixed_beta: float = 1.0
+    correct_threshold: float = 1.0
+
+    @classmethod
+    def from_mapping(cls, node: Mapping[str, Any] | None, path: str = "hpt.gate") -> "GateConfig":
+        node = dict(node or {})
+        known = {f.name for f in cls.__dataclass_fields__.values()}
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise GateConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        if node.get("soft_table") is not None:
+            node["soft_table"] = tuple(tuple(float(x) for x in row) for row in node["soft_table"])
+        cfg = cls(**node)
+        cfg.validate(path)
+        return cfg
+
+    def validate(self, path: str = "hpt.gate") -> None:
+        if self.strategy not in STRATEGIES:
+            raise GateConfigError(f"{path}.strategy={self.strategy!r} is not one of {list(STRATEGIES)}")
+        if self.placement not in PLACEMENTS:
+            raise GateConfigError(f"{path}.placement={self.placement!r} is not one of {list(PLACEMENTS)}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise GateConfigError(f"{path}.gamma={self.gamma} must lie in [0, 1] (a pass rate)")
+        if self.strategy == "soft":
+            if (self.soft_table is None) == (self.soft_fn is None):
+                raise GateConfigError(f"{path}: strategy=soft needs exactly one of soft_table / soft_fn")
+            if self.soft_fn is not None and self.soft_fn not in SOFT_FUNCTIONS:
+                raise GateConfigError(f"{path}.soft_fn={self.soft_fn!r} is not one of {list(SOFT_FUNCTIONS)}")
+            for i, row in enumerate(self.soft_table or ()):
+                if len(row) != 2 or min(row) < 0:
+                    raise GateConfigError(f"{path}.soft_table[{i}]={list(row)} must be [alpha, beta] with both >= 0")
+        if self.strategy == "fixed" and (self.fixed_alpha < 0 or self.fixed_beta < 0):
+            raise GateConfigError(f"{path}: fixed_alpha/fixed_beta must be >= 0")
+        if self.keep_gated_rollouts and self.placement != "add":
+            raise GateConfigError(f"{path}.keep_gated_rollouts=true needs placement=add")
+
+    @property
+    def needs_rollouts(self) -> bool:
+        return self.strategy != "always"
+
+
+@dataclass
+class QuestionStats:
+    """Per-question verification results, questions in order of first appearance in the batch.
+
+    uids (Q,), n (Q,) rollouts per question, correct (Q,) number correct, first_row (Q,) index of the
+    question's first row, rows: list of Q index arrays.
+    """
+
+    uids: np.ndarray
+    n: np.ndarray
+    correct: np.ndarray
+    first_row: np.ndarray
+    rows: list = field(default_factory=list)
+
+    @property
+    def pass_rate(self) -> np.ndarray:
+        return self.correct / np.maximum(self.n, 1)
+
+
+def question_stats(uids: Sequence, scores: np.ndarray, correct_threshold: float = 1.0) -> QuestionStats:
+    """Group rows by uid and count verified-correct rollouts (Eq. 7-8).
+
+    uids: (N,) question id per row; scores: (N,) sequence-level reward per row.
+    """
+    uids = np.asarray(uids, dtype=object)
+    scores = np.asarray(scores, dtype=np.float64)
+    if uids.shape[0] != scores.shape[0]:
+        raise ValueError(f"uids ({uids.shape[0]}) and scores ({scores.shape[0]}) differ in length")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ValueError(f"non-finite reward at row(s) {bad[:10].tolist()} (uid {uids[bad[0]]!r})")
+    order: dict[Any, list[int]] = {}
+    for i, u in enumerate(uids):
+        order.setdefault(u, []).append(i)
+    keys = list(order)
+    rows = [np.asarray(order[k], dtype=np.int64) for k in keys]
+    ok = scores >= correct_threshold
+    return QuestionStats(
+        uids=np.asarray(keys, dtype=object),
+        n=np.asarray([len(r) for r in rows], dtype=np.int64),
+        correct=np.asarray([int(ok[r].sum()) for r in rows], dtype=np.int64),
+        first_row=np.asarray([r[0] for r in rows], dtype=np.int64),
+        rows=rows,
+    )
+
+
+def gate_by_pass_rate(correct: np.ndarray, n: np.ndarray, cfg: GateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (α, β) per question, each (Q,) float64: α on the rollouts, β on the demonstration."""
+    correct = np.asarray(correct, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    p = correct / np.maximum(n, 1)
+    q = correct.shape[0]
+    if cfg.strategy == "switch":
+        # P ≤ γ compared on counts (k ≤ γn) so that γ = 2/8 is exact for n = 8.
+        gated = correct <= cfg.gamma * n + 1e-9
+        alpha, beta = (~gated).astype(np.float64), gated.astype(np.float64)
+    elif cfg.strategy == "soft":
+        if cfg.soft_fn == "linear":
+            alpha, beta = p.astype(np.float64), 1.0 - p
+        else:
+            table = np.asarray(cfg.soft_table, dtype=np.float64)
+            if np.any(n != table.shape[0] - 1):
+                bad = int(np.flatnonzero(n != table.shape[0] - 1)[0])
+                raise GateConfigError(
+                    f"hpt.gate.soft_table has {table.shape[0]} rows but question {bad} has n={int(n[bad])} "
+                    f"rollouts (needs n+1 rows, one per number correct)"
+                )
+            alpha, beta = table[correct, 0].copy(), table[correct, 1].copy()
+    elif cfg.strategy == "fixed":
+        alpha, beta = np.full(q, cfg.fixed_alpha), np.full(q, cfg.fixed_beta)
+    elif cfg.strategy == "always":
+        alpha, beta = np.zeros(q), np.ones(q)
+    elif cfg.strategy == "never":
+        alpha, beta = np.ones(q), np.zeros(q)
+    else:  # validated already
+        raise GateConfigError(f"hpt.gate.strategy={cfg.strategy!r}")
+    if cfg.keep_gated_rollouts:
+        alpha = np.where(beta > 0, 1.0, alpha)
+    return alpha, beta

@@ -1,0 +1,213 @@
+"""Build HPT's training batch: gated questions' demonstrations merged with the kept rollouts.
+
+Operates on verl ``DataProto`` batches as they are inside ``RayPPOTrainer.fit`` after
+``batch.repeat(n).union(gen_batch_output)``: tensors ``prompts`` (B,P) left-padded, ``responses``
+(B,R) right-padded, ``response_mask`` (B,R), ``input_ids``/``attention_mask``/``position_ids``
+(B,P+R), ``rm_scores`` (B,R) with the score on the last valid response token, optionally
+``rollout_log_probs`` (B,R); non-tensors ``uid``, ``extra_info`` ... per row.
+
+Per question q with weights (α_q, β_q) from :mod:`verl_ext.hpt.gate`, the merged batch holds, in
+question order: q's rollout rows if α_q > 0 (``hpt_row_weight`` = α_q, ``hpt_is_demo`` = 0), then
+one demonstration row if β_q > 0 (``hpt_row_weight`` = β_q, ``hpt_is_demo`` = 1): the question's
+prompt with the demonstration tokens (+EOS) as the response. With ``placement=replace`` the demo
+row gets its own uid (``<uid>::demo``) so GRPO's group statistics of the rollouts are unchanged;
+with ``placement=add`` it keeps the question's uid and joins the group (LUFFY/SRFT).
+
+Padding rows (:func:`pad_with_zero_weight_rows`) keep verl's divisibility requirements without
+changing what is learned: each is a copy of a real row with ``response_mask`` = 0 (no loss
+token, not counted in any token total), ``hpt_row_weight`` = 0 and a uid of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from verl import DataProto
+
+from verl_ext.hpt.gate import QuestionStats
+
+IS_DEMO = "hpt_is_demo"
+ROW_WEIGHT = "hpt_row_weight"
+DEMO_UID_SUFFIX = "::demo"
+PAD_UID_PREFIX = "__hpt_pad__"
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """verl's convention: position = (number of attended tokens before this one), 0 on padding."""
+    return torch.clamp(attention_mask.long().cumsum(-1) - 1, min=0)
+
+
+def encode_demonstrations(tokenizer, targets: Sequence[str], response_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of each demonstration + EOS, truncated to ``response_length``.
+
+    Returns (ids per target, number truncated). EOS is appended as the release does, so SFT teaches
+    the model to stop; a truncated demonstration keeps its first ``response_length`` tokens.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id; demonstrations need one appended")
+    out, truncated = [], 0
+    for i, text in enumerate(targets):
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"demonstration of question {i} is empty or not a string: {text!r}")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+        if len(ids) > response_length:
+            truncated += 1
+            ids = ids[:response_length]
+        out.append(ids)
+    return out, truncated
+
+
+def build_demo_rows(template: DataProto, demo_ids: Sequence[Sequence[int]], pad_token_id: int,
+                    scores: Optional[Sequence[float]] = None) -> DataProto:
+    """One demonstration row per template row: the template's prompt, ``demo_ids`` as response.
+
+    template: (Q,) rows whose prompt part is reused (every tensor key is copied, then the
+    response-side keys are rebuilt). Response-shaped keys other than the rebuilt ones are zeroed.
+    """
+    t = template.batch
+    if "position_ids" in t.keys() and t["position_ids"].dim() != 2:
+        raise NotImplementedError("HPT demonstration rows support text models (2-D position_ids) only")
+    q = len(template)
+    if len(demo_ids) != q:
+        raise ValueError(f"{len(demo_ids)} demonstrations for {q} template rows")
+    prompts = t["prompts"]
+    p_len, r_len = prompts.shape[1], t["responses"].shape[1]
+    responses = torch.full((q, r_len), pad_token_id, dtype=t["responses"].dtype)
+    response_mask = torch.zeros((q, r_len), dtype=t["response_mask"].dtype)
+    for i, ids in enumerate(demo_ids):
+        if len(ids) > r_len:
+            raise ValueError(f"demonstration {i} has {len(ids)} tokens > response_length {r_len}")
+        responses[i, : len(ids)] = torch.as_tensor(list(ids), dtype=responses.dtype)
+        response_mask[i, : len(ids)] = 1
+    prompt_attn = t["attention_mask"][:, :p_len]
+    attention_mask = torch.cat([prompt_attn, response_mask.to(prompt_attn.dtype)], dim=-1)
+    rebuilt = {
+        "responses": responses,
+        "response_mask": response_mask,
+        "input_ids": torch.cat([prompts, responses], dim=-1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from_mask(attention_mask).to(t["position_ids"].dtype),
+    }
+    if "rm_scores" in t.keys():
+        rm = torch.zeros_like(t["rm_scores"])
+        if scores is not None:
+            last = response_mask.long().sum(-1) - 1
+            rm[torch.arange(q), last.clamp(min=0)] = torch.as_tensor(list(scores), dtype=rm.dtype)
+        rebuilt["rm_scores"] = rm
+    tensors = {}
+    for key in t.keys():
+        if key in rebuilt:
+            tensors[key] = rebuilt[key]
+        elif t[key].dim() >= 2 and t[key].shape[1] == r_len and key != "prompts":
+            tensors[key] = torch.zeros_like(t[key])  # response-aligned data of the discarded rollout
+        else:
+            tensors[key] = t[key].clone()
+    non_tensors = {k: v.copy() for k, v in template.non_tensor_batch.items()}
+    return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors, meta_info=dict(template.meta_info))
+
+
+@dataclass
+class MergeStats:
+    num_questions: int
+    num_gated: int  # questions with a demonstration row (β > 0)
+    num_rl: int  # questions whose rollouts are kept (α > 0)
+    rollout_rows: int
+    demo_rows: int
+    demo_truncated: int = 0
+
+
+def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarray, beta: np.ndarray,
+                         demo_ids: Sequence[Optional[Sequence[int]]], pad_token_id: int, placement: str = "replace",
+                         demo_scores: Optional[Sequence[float]] = None,
+                         demo_extra: Optional[dict[str, Sequence]] = None) -> tuple[DataProto, MergeStats]:
+    """Return the merged batch (see module docstring) and counts.
+
+    demo_ids[q] must be given for every question with β_q > 0 (None elsewhere). demo_scores[q] is
+    the verifier's score of the demonstration (placed in ``rm_scores``); demo_extra maps reward
+    extra keys (e.g. ``acc``) to per-question values for the demo rows.
+    """
+    q = len(stats.uids)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    if alpha.shape != (q,) or beta.shape != (q,):
+        raise ValueError(f"alpha/beta must have shape ({q},), got {alpha.shape}/{beta.shape}")
+    gated = np.flatnonzero(beta > 0)
+    missing = [int(i) for i in gated if demo_ids[i] is None]
+    if missing:
+        raise ValueError(f"question(s) {missing[:5]} gated to SFT but have no demonstration")
+
+    pieces: list[tuple[str, int]] = []  # ("roll", row) or ("demo", index into gated)
+    demo_pos = {int(qi): j for j, qi in enumerate(gated)}
+    for qi in range(q):
+        if alpha[qi] > 0:
+            pieces.extend(("roll", int(r)) for r in stats.rows[qi])
+        if beta[qi] > 0:
+            pieces.append(("demo", demo_pos[qi]))
+
+    roll_rows = np.asarray([i for kind, i in pieces if kind == "roll"], dtype=np.int64)
+    parts = []
+    if len(roll_rows):
+        roll = batch.select_idxs(roll_rows)
+        row_q = np.empty(len(batch), dtype=np.int64)
+        for qi, rows in enumerate(stats.rows):
+            row_q[rows] = qi
+        roll.batch[ROW_WEIGHT] = torch.as_tensor(alpha[row_q[roll_rows]], dtype=torch.float32)
+        roll.batch[IS_DEMO] = torch.zeros(len(roll_rows), dtype=torch.float32)
+        parts.append(roll)
+    if len(gated):
+        template = batch.select_idxs(stats.first_row[gated])
+        demos = build_demo_rows(template, [demo_ids[i] for i in gated], pad_token_id,
+                                scores=None if demo_scores is None else [demo_scores[i] for i in gated])
+        demos.batch[ROW_WEIGHT] = torch.as_tensor(beta[gated], dtype=torch.float32)
+        demos.batch[IS_DEMO] = torch.ones(len(gated), dtype=torch.float32)
+        if placement == "replace":
+            demos.non_tensor_batch["uid"] = np.asarray(
+                [f"{u}{DEMO_UID_SUFFIX}" for u in demos.non_tensor_batch["uid"]], dtype=object)
+        for key, values in (demo_extra or {}).items():
+            if key in demos.non_tensor_batch:
+                demos.non_tensor_batch[key] = np.asarray([values[i] for i in gated],
+                                                         dtype=demos.non_tensor_batch[key].dtype)
+        parts.append(demos)
+    if not parts:
+        raise ValueError("HPT gate kept no rows (every question has alpha = beta = 0)")
+    merged = DataProto.concat(parts) if len(parts) > 1 else parts[0]
+    # Restore question order: rollouts of q, then q's demonstration.
+    n_roll = len(roll_rows)
+    roll_index = {int(r): k for k, r in enumerate(roll_rows)}
+    order = [roll_index[i] if kind == "roll" else n_roll + i for kind, i in pieces]
+    merged.reorder(torch.as_tensor(order, dtype=torch.long))
+    return merged, MergeStats(
+        num_questions=q,
+        num_gated=int(len(gated)),
+        num_rl=int((alpha > 0).sum()),
+        rollout_rows=int(n_roll),
+        demo_rows=int(len(gated)),
+    )
+
+
+def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProto, int]:
+    """Append copies of the last row, inert for the loss, until len(batch) % multiple == 0."""
+    if multiple <= 1 or len(batch) % multiple == 0:
+        return batch, 0
+    n_pad = multiple - len(batch) % multiple
+    idx = np.full(n_pad, len(batch) - 1, dtype=np.int64)
+    pad = batch.select_idxs(idx)
+    pad.batch["response_mask"] = torch.zeros_like(pad.batch["response_mask"])
+    if "rm_scores" in pad.batch.keys():
+        pad.batch["rm_scores"] = torch.zeros_like(pad.batch["rm_scores"])
+    for key in ("advantages", "returns", "token_level_scores", "token_level_rewards"):
+        if key in pad.batch.keys():
+            pad.batch[key] = torch.zeros_like(pad.batch[key])
+    pad.batch[ROW_WEIGHT] = torch.zeros(n_pad, dtype=torch.float32)
+    if IS_DEMO not in pad.batch.keys():
+        pad.batch[IS_DEMO] = torch.zeros(n_pad, dtype=torch.float32)
+    if ROW_WEIGHT not in batch.batch.keys():
+        batch.batch[ROW_WEIGHT] = torch.ones(len(batch), dtype=torch.float32)
+    if IS_DEMO not in batch.batch.keys():
+        batch.batch[IS_DEMO] = torch.zeros(len(batch), dtype=torch.float32)
+    pad.non_tensor_batch["uid"] = np.asarray([f"{PAD_UID_PREFIX}{i}" for i in range(n_pad)], dtype=object)
+    return DataProto.concat([batch, pad]), n_pad
