@@ -64,8 +64,12 @@ class GateConfig:
         unknown = sorted(set(node) - known)
         if unknown:
             raise GateConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        for key in ("gamma", "fixed_alpha", "fixed_beta", "correct_threshold"):
+            if key in node:
+                node[key] = _number(f"{path}.{key}", node[key])
         if node.get("soft_table") is not None:
-            node["soft_table"] = tuple(tuple(float(x) for x in row) for row in node["soft_table"])
+            node["soft_table"] = tuple(
+                tuple(_number(f"{path}.soft_table[{i}]", x) for x in row) for i, row in enumerate(node["soft_table"]))
         cfg = cls(**node)
         cfg.validate(path)
         return cfg
@@ -93,6 +97,21 @@ class GateConfig:
     @property
     def needs_rollouts(self) -> bool:
         return self.strategy != "always"
+
+
+def _number(path: str, value: Any) -> float:
+    """A finite float; fractions such as "2/8" (handy on the command line) are accepted."""
+    try:
+        if isinstance(value, str) and "/" in value:
+            num, den = value.split("/", 1)
+            out = float(num) / float(den)
+        else:
+            out = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise GateConfigError(f"{path}={value!r} is not a number") from None
+    if not np.isfinite(out):
+        raise GateConfigError(f"{path}={value!r} must be finite")
+    return out
 
 
 @dataclass

@@ -209,5 +209,7 @@ def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProt
         batch.batch[ROW_WEIGHT] = torch.ones(len(batch), dtype=torch.float32)
     if IS_DEMO not in batch.batch.keys():
         batch.batch[IS_DEMO] = torch.zeros(len(batch), dtype=torch.float32)
-    pad.non_tensor_batch["uid"] = np.asarray([f"{PAD_UID_PREFIX}{i}" for i in range(n_pad)], dtype=object)
+    # Own uid per pad row (position-based, so the trainer's two padding passes never collide).
+    pad.non_tensor_batch["uid"] = np.asarray([f"{PAD_UID_PREFIX}{len(batch) + i}" for i in range(n_pad)],
+                                             dtype=object)
     return DataProto.concat([batch, pad]), n_pad

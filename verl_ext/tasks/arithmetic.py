@@ -84,9 +84,10 @@ def to_verl_row(problem: Problem, index: int, split: str) -> dict:
 
 
 def generate_rows(n: int, levels: tuple[int, ...], seed: int, split: str,
-                  exclude: set[str] | None = None) -> list[dict]:
+                  exclude: set[str] | None = None, unique: bool = True) -> list[dict]:
     """n problems spread evenly over ``levels``; questions in ``exclude`` are never produced
-    (keeps evaluation problems out of training)."""
+    (keeps evaluation problems out of training). ``unique=False`` allows repeats (level 1 has only
+    100 distinct problems)."""
     rng = random.Random(seed)
     seen = set(exclude or ())
     rows = []
@@ -97,7 +98,7 @@ def generate_rows(n: int, levels: tuple[int, ...], seed: int, split: str,
             raise RuntimeError(f"could not draw {n} distinct problems from levels {levels}")
         level = levels[len(rows) % len(levels)]
         p = make_problem(level, rng)
-        if p.question in seen:
+        if p.question in (exclude or ()) or (unique and p.question in seen):
             continue
         seen.add(p.question)
         rows.append(to_verl_row(p, len(rows), split))
