@@ -8,6 +8,7 @@ registration made in the driver is invisible to a Ray worker.
 from verl.workers.rollout import base as _rollout_base
 from verl.workers.rollout.replica import RolloutReplicaRegistry
 
+from verl_ext import loss as _loss  # noqa: F401  (registers the upge* policy losses)
 from verl_ext.cpu import platform as _cpu_platform  # noqa: F401  (registers the "cpu" platform)
 
 

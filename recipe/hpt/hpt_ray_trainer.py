@@ -161,12 +161,21 @@ class RayHPTTrainer(RayPPOTrainer):
             self.config.actor_rollout_ref.rollout.n)
         dp = self._get_dp_size(self.actor_rollout_wg, "actor")
         padded, n_pad = pad_with_zero_weight_rows(batch, mini)
-        if self.config.actor_rollout_ref.actor.get("use_dynamic_bsz", False) is False and \
-                self.config.actor_rollout_ref.actor.get("shuffle", False):
+        if self.config.actor_rollout_ref.actor.get("shuffle", False):
+            # Shuffling regroups rows into mini-batches after the per-arm totals were computed.
             raise ValueError("actor.shuffle=true breaks the per-mini-batch arm totals; HPT needs shuffle=false")
         annotate_arm_token_counts(padded, mini_batch_size=mini, dp_size=dp)
         out = super()._update_actor(padded)
-        self._last_update_pad_rows = n_pad
+        metrics = out.meta_info["metrics"]
+        # An arm with no rows in a mini-batch reports ratio min/max as +/-inf (the identity of
+        # the cross-micro-batch min/max); drop those instead of logging infinities.
+        for key in [k for k in metrics if k.endswith(("/ratio_min", "/ratio_max"))]:
+            vals = [v for v in np.atleast_1d(np.asarray(metrics[key], dtype=np.float64)) if np.isfinite(v)]
+            if vals:
+                metrics[key] = vals
+            else:
+                metrics.pop(key)
+        metrics["hpt/pad_rows_update"] = n_pad
         return out
 
     # ------------------------------------------------------------------ hook 3: SFT-only baseline

@@ -1,0 +1,666 @@
+"""Tests of the Unified Policy Gradient Estimator loss (verl_ext.loss), float64 on CPU.
+
+Every preset's gradient with respect to the *logits* is compared with an independent reference:
+verl's own registered policy losses (vanilla, cispo, gspo), verl's REINFORCE function, or a
+hand-written formula. The loss under test always goes through ``hpt_actor_loss`` with the micro-batch
+layout verl's V0 actor update produces (``left_right_2_no_padding``, nested log-probs over the
+unpadded sequences, ``no_padding_2_padding`` inside the loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import glob
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+import verl
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+
+from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_reinforce, get_policy_loss_fn, kl_penalty
+from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.metric import Metric
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import left_right_2_no_padding
+
+from verl_ext.loss import (
+    ALL_TOTAL_KEYS,
+    UPGEArmConfig,
+    UPGEConfigError,
+    UPGELossConfig,
+    annotate_arm_token_counts,
+    hpt_actor_loss,
+    load_upge_config,
+    mini_batch_ids,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESET_DIR = os.path.join(REPO, "recipe", "hpt", "config", "upge")
+PRESETS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(PRESET_DIR, "*.yaml")))
+DT = torch.float64
+ATOL, RTOL = 1e-8, 1e-6
+
+
+# ----------------------------------------------------------------------------------------- fixtures
+
+
+def preset(name: str) -> UPGELossConfig:
+    return load_upge_config(OmegaConf.load(os.path.join(PRESET_DIR, f"{name}.yaml")))
+
+
+@functools.lru_cache(maxsize=1)
+def _actor_node():
+    path = os.path.join(os.path.dirname(verl.__file__), "trainer", "config", "_generated_ppo_trainer.yaml")
+    node = OmegaConf.load(path).actor_rollout_ref.actor
+    node.ppo_micro_batch_size_per_gpu = 2
+    return node
+
+
+def actor_config(**overrides):
+    """verl's ActorConfig from its packaged defaults (verl-0.9-notes §8 B2), with overrides."""
+    node = copy.deepcopy(_actor_node())
+    for key, value in overrides.items():
+        OmegaConf.update(node, key, value, merge=False)
+    return omega_conf_to_dataclass(node)
+
+
+ROW_FIELDS = (
+    "input_ids", "attention_mask", "position_ids", "response_mask", "old_log_probs", "ref_log_prob",
+    "advantages", "is_demo", "row_weight", "index",
+)  # fmt: skip
+
+
+class Batch:
+    """A padded V0 batch (left-padded prompts, right-padded responses) over a logits leaf.
+
+    drift: per-row std of log π_θold − log π_θ (the policy has moved since the rollout).
+    ``subset(rows)`` gives a batch of some rows that shares the same leaf, so gradients of
+    different sub-batches land in one tensor and can be added.
+    """
+
+    def __init__(self, n_rows, seed, demo=(), pad=(), prompt_len=4, resp_len=7, vocab=11, drift=None):
+        g = torch.Generator().manual_seed(seed)
+        P, R, L = prompt_len, resp_len, prompt_len + resp_len
+        self.B, self.P, self.R = n_rows, P, R
+        p_lens = torch.randint(1, P + 1, (n_rows,), generator=g)
+        r_lens = torch.randint(1, R + 1, (n_rows,), generator=g)
+        r_lens[0] = R  # one full-width row, as verl pads responses to the longest
+        pos = torch.arange(L)
+        self.attention_mask = ((pos >= P - p_lens[:, None]) & (pos < P + r_lens[:, None])).long()
+        self.response_mask = self.attention_mask[:, P:].clone()
+        self.input_ids = torch.randint(0, vocab, (n_rows, L), generator=g) * self.attention_mask
+        self.position_ids = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        self.leaf = torch.randn(n_rows, L, vocab, generator=g, dtype=DT).requires_grad_(True)
+        self.index = torch.arange(n_rows)
+        with torch.no_grad():
+            logp = self.response_log_prob()
+            if drift is None:
+                drift = torch.full((n_rows,), 0.6, dtype=DT)
+            noise = torch.randn(n_rows, R, generator=g, dtype=DT) * torch.as_tensor(drift, dtype=DT)[:, None]
+            self.old_log_probs = (logp + noise) * self.response_mask
+            self.ref_log_prob = (logp + 0.3 * torch.randn(n_rows, R, generator=g, dtype=DT)) * self.response_mask
+            self.advantages = torch.randn(n_rows, 1, generator=g, dtype=DT).expand(n_rows, R) * self.response_mask
+        self.is_demo = torch.zeros(n_rows, dtype=DT)
+        self.is_demo[list(demo)] = 1.0
+        self.row_weight = torch.ones(n_rows, dtype=DT)
+        self.row_weight[list(pad)] = 0.0
+
+    @property
+    def logits(self):
+        return self.leaf[self.index]
+
+    def subset(self, rows):
+        sub = copy.copy(self)
+        rows = torch.as_tensor(rows)
+        for key in ROW_FIELDS:
+            setattr(sub, key, getattr(self, key)[rows])
+        sub.B = len(rows)
+        return sub
+
+    def response_log_prob(self):
+        """log π_θ(y_t) of response token t, (B,R): what the loss sees after no_padding_2_padding."""
+        lp = torch.log_softmax(self.logits[:, self.P - 1 : self.P + self.R - 1], dim=-1)
+        return lp.gather(-1, self.input_ids[:, self.P :].unsqueeze(-1)).squeeze(-1)
+
+    def model_output(self, rows, with_entropy=False):
+        """What verl's engine returns: nested (jagged) per-sequence tensors over the unpadded tokens,
+        position j holding the value for predicting token j+1 (last position: junk)."""
+        logits = self.logits[rows]
+        ids = self.input_ids[rows]
+        lp = torch.log_softmax(logits, dim=-1)
+        next_tok = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
+        full = {"log_probs": lp.gather(-1, next_tok.unsqueeze(-1)).squeeze(-1)}
+        if with_entropy:
+            full["entropy"] = -(lp.exp() * lp).sum(-1)
+        attention = self.attention_mask[rows].bool()
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), attention.sum(-1).cumsum(0)])
+        return {k: torch.nested.nested_tensor_from_jagged(v[attention], offsets) for k, v in full.items()}
+
+    def tensordict(self, hpt_keys=True, mini_batch_size=None, dp_size=1, totals=True):
+        """The whole batch as verl's _update_actor hands it over (after left_right_2_no_padding)."""
+        fields = {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+            "prompts": self.input_ids[:, : self.P],
+            "responses": self.input_ids[:, self.P :],
+            "response_mask": self.response_mask,
+            "old_log_probs": self.old_log_probs,
+            "advantages": self.advantages,
+            "ref_log_prob": self.ref_log_prob,
+        }
+        if hpt_keys:
+            fields["hpt_is_demo"] = self.is_demo
+            fields["hpt_row_weight"] = self.row_weight
+        td = TensorDict(fields, batch_size=[self.B])
+        if hpt_keys and totals:
+            annotate_arm_token_counts(td, mini_batch_size=mini_batch_size, dp_size=dp_size)
+        return left_right_2_no_padding(td)
+
+
+def run_loss(batch, loss_fn, td, micro_batches, dp_size=1, with_entropy=False, n_ranks=1):
+    """Simulate verl's actor update of one mini-batch: every micro-batch gets the global
+    batch_num_tokens / dp_size / global_batch_size, its loss is back-propagated undivided, and
+    FSDP averages the ranks' gradients. ``micro_batches[r]`` lists rank r's micro-batch row indices.
+    Returns (Σ_ranks Σ_micro loss / n_ranks, list of metric dicts)."""
+    tu.assign_non_tensor(
+        td,
+        dp_size=dp_size,
+        batch_num_tokens=int(td["loss_mask"].sum().item()),
+        global_batch_size=batch.B,
+    )
+    total, metrics = 0.0, []
+    for rank_micro in micro_batches:
+        for rows in rank_micro:
+            rows = torch.as_tensor(rows)
+            micro = tu.index_select_tensor_dict(td, rows)
+            loss, m = loss_fn(model_output=batch.model_output(rows, with_entropy), data=micro, dp_group=None)
+            total = total + loss
+            metrics.append(m)
+    return total / n_ranks, metrics
+
+
+def grad(loss, batch):
+    # retain_graph: some tests share intermediate tensors between the two losses they compare
+    (g,) = torch.autograd.grad(loss, batch.leaf, retain_graph=True)
+    return g
+
+
+def upge_loss_fn(upge, **actor_overrides):
+    return functools.partial(hpt_actor_loss, config=actor_config(**actor_overrides), upge=upge)
+
+
+def one_micro(batch):
+    return [[list(range(batch.B))]]
+
+
+def assert_grad_close(a, b):
+    assert a.abs().max() > 1e-6, "reference gradient is zero: the test would not detect anything"
+    torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
+def verl_policy_loss(name, batch, rows, agg, **actor_overrides):
+    """verl's registered policy loss on the given rows (padded (B,R) inputs), gradient to logits."""
+    cfg = actor_config(loss_agg_mode=agg, **actor_overrides)
+    logp = batch.response_log_prob()[rows]
+    loss, _ = get_policy_loss_fn(name)(
+        old_log_prob=batch.old_log_probs[rows],
+        log_prob=logp,
+        advantages=batch.advantages[rows],
+        response_mask=batch.response_mask[rows].bool(),
+        loss_agg_mode=agg,
+        config=cfg,
+        rollout_is_weights=None,
+    )
+    return loss
+
+
+def masked(batch, rows):
+    return batch.response_mask[rows].bool()
+
+
+# --------------------------------------------------------------------------- presets vs references
+
+ROLLOUT_ROWS = list(range(6))
+
+
+def _rows(batch, demo):
+    return [i for i in range(batch.B) if (batch.is_demo[i] > 0) == demo]
+
+
+def reference_loss(name, batch):
+    """Independent implementation of each preset's loss on ``batch`` (one micro-batch, dp=1)."""
+    logp_all = batch.response_log_prob()
+    ro, de = _rows(batch, False), _rows(batch, True)
+
+    def nll_token_mean(rows):
+        m = masked(batch, rows)
+        return -(logp_all[rows] * m).sum() / m.sum()
+
+    def const_len_sum(values, rows):
+        return (values[rows] * masked(batch, rows)).sum() / 8192
+
+    A = batch.advantages
+    if name == "sft":
+        return nll_token_mean(de)
+    if name == "reinforce":
+        cfg = actor_config(loss_agg_mode="seq-mean-token-sum")
+        return compute_policy_loss_reinforce(
+            batch.old_log_probs[ro], logp_all[ro], A[ro], masked(batch, ro), "seq-mean-token-sum", cfg
+        )[0]
+    if name == "ppo":
+        return verl_policy_loss("vanilla", batch, ro, "token-mean")
+    if name == "grpo":
+        return verl_policy_loss("vanilla", batch, ro, "seq-mean-token-mean")
+    if name == "dr_grpo":
+        return verl_policy_loss("vanilla", batch, ro, "seq-mean-token-sum-norm")
+    if name == "cispo":
+        return verl_policy_loss("cispo", batch, ro, "token-mean", clip_ratio_low=1.0, clip_ratio_high=0.2)
+    if name == "gspo":
+        return verl_policy_loss(
+            "gspo", batch, ro, "seq-mean-token-mean", clip_ratio_low=0.0003, clip_ratio_high=0.0004
+        )
+    on_policy = -A * torch.exp(logp_all - batch.old_log_probs)
+    if name == "luffy":
+        p = logp_all.exp()
+        return const_len_sum(on_policy, ro) + const_len_sum(-A * p / (p + 0.1), de)
+    if name == "srft":
+        return const_len_sum(-A * logp_all, ro) + const_len_sum(-A * logp_all.exp(), de)
+    if name in ("hpt_release", "hpt_release_global"):
+        return const_len_sum(on_policy, ro) + nll_token_mean(de)
+    if name == "hpt_paper":
+        rl = verl_policy_loss("vanilla", batch, ro, "seq-mean-token-sum", clip_ratio_c=1e12)  # no dual clip
+        m = masked(batch, de)
+        per_seq = -(logp_all[de] * m).sum(-1) / m.sum(-1)
+        return rl + per_seq.mean()
+    raise KeyError(name)
+
+
+def preset_batch(name, seed=0):
+    cfg = preset(name)
+    n = 9
+    demo = []
+    if cfg.demo is not None:
+        demo = list(range(n)) if cfg.rollout is None else [1, 4, 7]
+    drift = None
+    if name in ("ppo", "grpo", "dr_grpo", "hpt_paper"):
+        # large enough drift for ratios beyond 1±0.2 and beyond the dual clip c=3
+        drift = torch.full((n,), 1.2, dtype=DT)
+    if name == "gspo":
+        # GSPO's ε=3e-4 clips almost every sequence at drift 0.6: mix near-on-policy rows in.
+        drift = torch.tensor([1e-5, 0.3, 1e-5, 1e-5, 0.3, 1e-5, 0.3, 1e-5, 1e-5], dtype=DT)
+    return Batch(n, seed, demo=demo, drift=drift)
+
+
+def test_every_preset_has_a_reference():
+    assert set(PRESETS) == {
+        "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft",
+        "hpt_release", "hpt_release_global", "hpt_paper",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_gradient_matches_reference(name):
+    batch = preset_batch(name)
+    upge = preset(name)
+    td = batch.tensordict()
+    loss, metrics = run_loss(batch, upge_loss_fn(upge), td, one_micro(batch))
+    got = grad(loss, batch)
+    want = grad(reference_loss(name, batch), batch)
+    assert_grad_close(want, got)
+
+
+def test_ppo_preset_exercises_both_clips():
+    # The PPO reference comparison only means something if clipped and dual-clipped tokens occur.
+    batch = preset_batch("ppo")
+    _, metrics = run_loss(batch, upge_loss_fn(preset("ppo")), batch.tensordict(), one_micro(batch))
+    assert metrics[0]["hpt/rl/clipfrac"].aggregate() > 0.05
+    assert metrics[0]["hpt/rl/clipfrac_lower"].aggregate() > 0.0
+
+
+def test_gspo_preset_clips_some_sequences_not_all():
+    batch = preset_batch("gspo")
+    _, metrics = run_loss(batch, upge_loss_fn(preset("gspo")), batch.tensordict(), one_micro(batch))
+    assert 0.05 < metrics[0]["hpt/rl/clipfrac"].aggregate() < 0.95
+
+
+# ------------------------------------------------------------------------------- reference = self
+
+
+@pytest.mark.parametrize("stable", ["none", "ppo_clip"])
+def test_ref_self_is_sft_even_when_policy_drifted(stable):
+    # π_ref = π_θ makes the ratio ≡ 1 whatever old_log_prob is: the gradient is plain NLL.
+    batch = Batch(6, seed=3, demo=range(6), drift=torch.full((6,), 2.0, dtype=DT))
+    arm = UPGEArmConfig(stable=stable, ref="self", adv="one", agg="token-mean")
+    loss, _ = run_loss(batch, upge_loss_fn(UPGELossConfig(demo=arm)), batch.tensordict(), one_micro(batch))
+    m = batch.response_mask.bool()
+    g_nll = grad(-(batch.response_log_prob() * m).sum() / m.sum(), batch)
+    assert_grad_close(g_nll, grad(loss, batch))
+    # and ref=old would not be SFT under this drift (the test can fail)
+    arm_old = replace(arm, ref="old")
+    loss_old, _ = run_loss(batch, upge_loss_fn(UPGELossConfig(demo=arm_old)), batch.tensordict(), one_micro(batch))
+    assert not torch.allclose(grad(loss_old, batch), g_nll, atol=1e-6)
+
+
+# ---------------------------------------------------------------- mixed batches and micro-batching
+
+MIXED = ["hpt_paper", "hpt_release_global", "luffy", "srft"]
+
+
+def _single_arm_grad(name, arm_name, batch, rows):
+    """Gradient of one arm alone, on the sub-batch of its rows, as a one-arm method."""
+    upge = preset(name)
+    one = UPGELossConfig(**{arm_name: upge.arm(arm_name)}, average_over_dp_ranks=upge.average_over_dp_ranks)
+    sub = batch.subset(rows)
+    loss, _ = run_loss(sub, upge_loss_fn(one), sub.tensordict(), one_micro(sub))
+    return grad(loss, batch)
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_mixed_batch_is_sum_of_arms_for_any_micro_split_and_dp(name):
+    batch = Batch(8, seed=11, demo=[0, 3, 4, 6])
+    fn = upge_loss_fn(preset(name))
+    full, _ = run_loss(batch, fn, batch.tensordict(), one_micro(batch))
+    g_full = grad(full, batch)
+
+    demo_rows, ro_rows = _rows(batch, True), _rows(batch, False)
+    g_sum = _single_arm_grad(name, "demo", batch, demo_rows) + _single_arm_grad(name, "rollout", batch, ro_rows)
+    assert_grad_close(g_sum, g_full)
+
+    # verl-style splits of the same mini-batch: uneven, reordered (dynamic bsz), single-arm micro-batches
+    for split in ([[0, 1, 2], [3, 4, 5, 6, 7]], [[7, 2], [5, 0, 3], [1, 6, 4]], [demo_rows, ro_rows]):
+        loss, _ = run_loss(batch, fn, batch.tensordict(), [split])
+        assert_grad_close(g_full, grad(loss, batch))
+
+    # two DP ranks: contiguous halves, totals over both ranks, gradients averaged by FSDP
+    td = batch.tensordict(mini_batch_size=8, dp_size=2)
+    loss, _ = run_loss(batch, fn, td, [[[0, 1], [2, 3]], [[4, 5, 6, 7]]], dp_size=2, n_ranks=2)
+    want = g_full / 2 if preset(name).average_over_dp_ranks else g_full
+    assert_grad_close(want, grad(loss, batch))
+
+
+def test_release_sft_mean_is_per_micro_batch():
+    # The release's SFT arm is a mean per micro-batch: splitting the demo rows changes the gradient
+    # (to Σ_micro mean_micro), while hpt_release_global stays at the global mean.
+    batch = Batch(8, seed=5, demo=[0, 3, 4, 6])
+    split = [[[0, 1, 2, 3], [4, 5, 6, 7]]]
+    logp = batch.response_log_prob()
+    m = batch.response_mask.bool()
+    ro = _rows(batch, False)
+    rl = (-batch.advantages * torch.exp(logp - batch.old_log_probs) * m)[ro].sum() / 8192
+
+    def mean_nll(rows):
+        return -(logp[rows] * m[rows]).sum() / m[rows].sum()
+
+    loss, _ = run_loss(batch, upge_loss_fn(preset("hpt_release")), batch.tensordict(), split)
+    assert_grad_close(grad(rl + mean_nll([0, 3]) + mean_nll([4, 6]), batch), grad(loss, batch))
+    loss_g, _ = run_loss(batch, upge_loss_fn(preset("hpt_release_global")), batch.tensordict(), split)
+    assert_grad_close(grad(rl + mean_nll([0, 3, 4, 6]), batch), grad(loss_g, batch))
+    assert not torch.allclose(grad(loss, batch), grad(loss_g, batch), atol=1e-6)
+
+
+def test_mixed_batch_without_totals_raises():
+    batch = Batch(4, seed=2, demo=[1])
+    td = batch.tensordict(totals=False)
+    with pytest.raises(ValueError, match="annotate_arm_token_counts"):
+        run_loss(batch, upge_loss_fn(preset("hpt_paper")), td, one_micro(batch))
+
+
+def test_absent_arm_with_rows_raises():
+    batch = Batch(4, seed=2, demo=[1])
+    with pytest.raises(ValueError, match=r"hpt\.loss\.demo is null"):
+        run_loss(batch, upge_loss_fn(preset("grpo")), batch.tensordict(), one_micro(batch))
+
+
+# ------------------------------------------------------------------------------------ padding rows
+
+
+@pytest.mark.parametrize("name", ["hpt_paper", "hpt_release_global", "grpo"])
+def test_zero_weight_padding_rows_change_nothing(name):
+    kw = dict(entropy_coeff=0.01, use_kl_loss=True, kl_loss_coef=0.05)
+    pad = [6, 7, 8]
+    demo = [1, 4, 7] if preset(name).demo is not None else []
+    padded = Batch(9, seed=7, demo=demo, pad=pad)
+    real = padded.subset(range(6))
+
+    fn = upge_loss_fn(preset(name), **kw)
+    loss_p, _ = run_loss(padded, fn, padded.tensordict(), [[[0, 6, 2, 7], [1, 8, 3, 4, 5]]], with_entropy=True)
+    loss_r, _ = run_loss(real, fn, real.tensordict(), one_micro(real), with_entropy=True)
+    torch.testing.assert_close(loss_p, loss_r, rtol=RTOL, atol=ATOL)
+    g_p, g_r = grad(loss_p, padded), grad(loss_r, padded)
+    assert_grad_close(g_r, g_p)
+    assert g_p[pad].abs().max() == 0
+    # the same rows with weight 1 do change the loss (the test can fail)
+    padded.row_weight[pad] = 1.0
+    loss_1, _ = run_loss(padded, fn, padded.tensordict(), one_micro(padded), with_entropy=True)
+    assert not torch.allclose(loss_1, loss_r)
+
+
+def test_row_weight_scales_policy_terms():
+    batch = Batch(6, seed=9, demo=[2, 5])
+    upge = preset("hpt_release_global")
+    loss1, _ = run_loss(batch, upge_loss_fn(upge), batch.tensordict(), one_micro(batch))
+    g1 = grad(loss1, batch)
+    batch.row_weight[:] = 0.5
+    loss_half, _ = run_loss(batch, upge_loss_fn(upge), batch.tensordict(), one_micro(batch))
+    assert_grad_close(g1 / 2, grad(loss_half, batch))
+
+
+# ---------------------------------------------------------------------- drop-in parity with ppo_loss
+
+
+def test_rollout_only_matches_verl_ppo_loss_with_entropy_and_kl():
+    batch = Batch(6, seed=13)
+    kw = dict(entropy_coeff=0.01, use_kl_loss=True, kl_loss_coef=0.1, loss_agg_mode="token-mean")
+    td = batch.tensordict(hpt_keys=False)
+    split = [[[0, 1, 2], [3, 4, 5]]]
+    ours, ours_m = run_loss(batch, upge_loss_fn(preset("ppo"), **kw), td, split, with_entropy=True)
+    theirs, theirs_m = run_loss(
+        batch, functools.partial(ppo_loss, config=actor_config(**kw)), batch.tensordict(hpt_keys=False), split,
+        with_entropy=True,
+    )
+    torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL)
+    assert_grad_close(grad(theirs, batch), grad(ours, batch))
+    for key in ("actor/pg_loss", "actor/entropy_loss", "kl_loss"):
+        a = Metric.aggregate_dp([_collect(ours_m, key)])
+        b = Metric.aggregate_dp([_collect(theirs_m, key)])
+        assert abs(a - b) < 1e-9, key
+
+
+def _collect(metrics, key):
+    out = Metric(aggregation=metrics[0][key].aggregation)
+    for m in metrics:
+        out.extend(m[key])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_are_exact_over_the_mini_batch_and_present_in_every_micro_batch():
+    batch = Batch(8, seed=17, demo=[0, 3, 4, 6])
+    upge = preset("hpt_paper")
+    td = batch.tensordict()
+    split = [[[1, 2], [0, 3], [5, 7, 4, 6]]]  # a rollout-only and a demo-only micro-batch
+    _, metrics = run_loss(batch, upge_loss_fn(upge), td, split)
+    keys = set(metrics[0])
+    assert all(set(m) == keys for m in metrics)
+    for key in ("hpt/rl/pg_loss", "hpt/sft/loss", "hpt/rl/clipfrac", "hpt/rl/ratio_mean", "hpt/rl/ratio_min",
+                "hpt/rl/ratio_max", "hpt/demo_token_share", "actor/pg_clipfrac", "hpt/sft/nll"):  # fmt: skip
+        assert key in keys, key
+
+    agg = {k: Metric.aggregate_dp([_collect(metrics, k)]) for k in keys}
+    m = batch.response_mask.bool()
+    ro, de = _rows(batch, False), _rows(batch, True)
+    logp = batch.response_log_prob().detach()
+    ratio = torch.exp(logp - batch.old_log_probs)[ro][m[ro]]
+    A = batch.advantages[ro][m[ro]]
+    clipped = (-A * ratio.clamp(0.8, 1.2)) > (-A * ratio)
+    assert abs(agg["hpt/rl/clipfrac"] - clipped.double().mean().item()) < 1e-9
+    assert abs(agg["hpt/rl/ratio_mean"] - ratio.mean().item()) < 1e-9
+    assert abs(agg["hpt/rl/ratio_min"] - ratio.min().item()) < 1e-12
+    assert abs(agg["hpt/rl/ratio_max"] - ratio.max().item()) < 1e-12
+    assert abs(agg["hpt/demo_token_share"] - m[de].sum().item() / m.sum().item()) < 1e-12
+    assert abs(agg["hpt/sft/nll"] - (-logp[de][m[de]].mean().item())) < 1e-9
+    total = Metric.aggregate_dp([_collect(metrics, "actor/pg_loss")])
+    assert abs(total - agg["hpt/rl/pg_loss"] - agg["hpt/sft/loss"]) < 1e-9
+
+
+# ----------------------------------------------------------------------------- annotate and layout
+
+
+def test_mini_batch_ids_follow_verls_dispatch_and_iterator():
+    n, mini, dp = 24, 8, 2
+    td = TensorDict({"row": torch.arange(n)}, batch_size=[n])
+    expected = torch.empty(n, dtype=torch.long)
+    for rank_td in tu.chunk_tensordict(td, dp):  # verl's DP dispatch: contiguous chunks
+        it = tu.make_iterator(rank_td, mini_batch_size=mini // dp, epochs=1, seed=1, dataloader_kwargs={"shuffle": False})
+        for k, mb in enumerate(it):
+            expected[mb["row"]] = k
+    assert torch.equal(mini_batch_ids(n, mini, dp), expected)
+
+
+def test_annotate_counts_per_arm_per_mini_batch():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
+    td = TensorDict(
+        {
+            "response_mask": mask,
+            "hpt_is_demo": torch.tensor([0.0, 1.0, 0.0, 1.0]),
+            "hpt_row_weight": torch.tensor([1.0, 1.0, 0.0, 1.0]),
+        },
+        batch_size=[4],
+    )
+    annotate_arm_token_counts(td, mini_batch_size=2, dp_size=1)
+    assert td["hpt_rollout_tokens_total"].tolist() == [2, 2, 0, 0]
+    assert td["hpt_demo_tokens_total"].tolist() == [1, 1, 2, 2]
+    assert td["hpt_rollout_seqs_total"].tolist() == [1, 1, 0, 0]
+    assert td["hpt_demo_seqs_total"].tolist() == [1, 1, 1, 1]
+    assert set(ALL_TOTAL_KEYS) <= set(td.keys())
+
+
+def test_annotate_accepts_dataproto_and_a_dp_group(tmp_path):
+    import torch.distributed as dist
+    from verl import DataProto
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
+    proto = DataProto.from_dict(tensors={"response_mask": mask, "hpt_is_demo": torch.tensor([0.0, 1.0, 0.0, 1.0])})
+    annotate_arm_token_counts(proto, mini_batch_size=4, dp_size=2)
+    assert proto.batch["hpt_rollout_tokens_total"].tolist() == [5] * 4
+    assert proto.batch["hpt_demo_seqs_total"].tolist() == [2] * 4
+
+    # inside a worker: one rank's shard of one mini-batch, totals summed over the DP group
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        td = TensorDict({"response_mask": mask}, batch_size=[4])
+        annotate_arm_token_counts(td, dp_group=dist.group.WORLD)
+        assert td["hpt_rollout_tokens_total"].tolist() == [8] * 4
+        assert td["hpt_demo_tokens_total"].tolist() == [0] * 4
+    finally:
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------- policy losses
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,agg,kw",
+    [
+        ("upge_ppo", "vanilla", "token-mean", {}),
+        ("upge", "vanilla", "seq-mean-token-mean", {"clip_ratio_high": 0.28}),
+        ("upge_cispo", "cispo", "token-mean", {"clip_ratio_low": 1.0, "clip_ratio_high": 0.3}),
+        ("upge_gspo", "gspo", "seq-mean-token-mean", {"clip_ratio_low": 0.1, "clip_ratio_high": 0.1}),
+    ],
+)
+def test_registered_policy_losses_match_verl(ours, theirs, agg, kw):
+    batch = Batch(8, seed=21, drift=torch.tensor([0.01, 0.3, 0.01, 0.6, 0.05, 0.3, 0.01, 0.6], dtype=DT))
+    rows = list(range(8))
+    a = verl_policy_loss(ours, batch, rows, agg, **kw)
+    b = verl_policy_loss(theirs, batch, rows, agg, **kw)
+    torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+    assert_grad_close(grad(b, batch), grad(a, batch))
+
+
+def test_registered_reinforce_and_noclip():
+    batch = Batch(6, seed=23)
+    rows = list(range(6))
+    logp = batch.response_log_prob()
+    m = batch.response_mask.bool()
+    A = batch.advantages
+    ours = verl_policy_loss("upge_reinforce", batch, rows, "seq-mean-token-sum")
+    cfg = actor_config(loss_agg_mode="seq-mean-token-sum")
+    want = compute_policy_loss_reinforce(batch.old_log_probs, logp, A, m, "seq-mean-token-sum", cfg)[0]
+    assert_grad_close(grad(want, batch), grad(ours, batch))
+    ours = verl_policy_loss("upge_noclip", batch, rows, "token-sum")
+    want = (-A * torch.exp(logp - batch.old_log_probs) * m).sum()
+    assert_grad_close(grad(want, batch), grad(ours, batch))
+
+
+def test_luffy_shaping_formula_on_the_pure_function():
+    from verl_ext.loss import upge_arm_loss
+
+    g = torch.Generator().manual_seed(4)
+    logp = (-torch.rand(3, 5, generator=g, dtype=DT) * 4).requires_grad_(True)
+    A = torch.randn(3, 5, generator=g, dtype=DT)
+    mask = torch.rand(3, 5, generator=g) > 0.3
+    arm = UPGEArmConfig(stable="none", ref="one", shaping_gamma=0.1, agg="token-sum")
+    loss, _ = upge_arm_loss(logp, torch.zeros_like(logp), A, mask, arm)
+    (got,) = torch.autograd.grad(loss, logp)
+    p = logp.detach().exp()
+    # d/dlogp of −A·p/(p+γ) = −A·γ·p/(p+γ)²
+    want = torch.where(mask, -A * 0.1 * p / (p + 0.1) ** 2, 0.0)
+    assert_grad_close(want, got)
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "node,message",
+    [
+        ({"demo": {"ref": "foo"}}, r"hpt\.loss\.demo\.ref='foo' is not one of"),
+        ({"rollout": {"stabel": "none"}}, r"hpt\.loss\.rollout\.stabel is not a known key"),
+        ({"rollout": {"stable": "bogus"}}, r"hpt\.loss\.rollout\.stable='bogus'"),
+        ({"rollout": {"agg": "mean"}}, r"hpt\.loss\.rollout\.agg='mean'"),
+        ({"rollout": {"adv": "gae"}}, r"hpt\.loss\.rollout\.adv='gae'"),
+        ({"rollout": {"stable": "ppo_clip", "clip_c": 1.0}}, r"hpt\.loss\.rollout\.clip_c=1\.0 must be > 1"),
+        ({"rollout": {"stable": "none", "clip_c": 3.0}}, r"hpt\.loss\.rollout\.clip_c=3\.0 is only used"),
+        ({"demo": {"stable": "ppo_clip", "shaping_gamma": 0.1}}, r"hpt\.loss\.demo\.shaping_gamma=0\.1 requires"),
+        ({"demo": {"shaping_gamma": -1.0}}, r"hpt\.loss\.demo\.shaping_gamma=-1\.0 must be > 0"),
+        ({"rollout": {"agg": "const-len", "const_len": 0}}, r"hpt\.loss\.rollout\.const_len=0"),
+        ({"rollout": {"clip_low": 1.5}}, r"hpt\.loss\.rollout\.clip_low=1\.5"),
+        ({"rollout": {"coef": "x"}}, r"hpt\.loss\.rollout\.coef='x' must be a finite number"),
+        ({"rollout": None, "demo": None}, r"at least one of hpt\.loss\.rollout / hpt\.loss\.demo"),
+        ({"rollout": {}, "extra": 1}, r"hpt\.loss\.extra is not a known key"),
+        ({"rollout": {}, "average_over_dp_ranks": "yes"}, r"hpt\.loss\.average_over_dp_ranks='yes'"),
+        ({"rollout": [1, 2]}, r"hpt\.loss\.rollout must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_field(node, message):
+    with pytest.raises(UPGEConfigError, match=message):
+        load_upge_config(OmegaConf.create(node))
+
+
+def test_presets_are_hydra_group_files_for_hpt_loss():
+    from hydra import compose, initialize_config_dir
+
+    for name in PRESETS:
+        with open(os.path.join(PRESET_DIR, f"{name}.yaml")) as f:
+            assert f.readline().strip() == "# @package hpt.loss", name
+    with initialize_config_dir(config_dir=os.path.dirname(PRESET_DIR), version_base=None):
+        cfg = compose(config_name=None, overrides=["+upge=hpt_release"])
+    assert load_upge_config(cfg.hpt.loss) == preset("hpt_release")
+    readme = open(os.path.join(PRESET_DIR, "README.md")).read()
+    for name in PRESETS:
+        assert f"`{name}`" in readme, name
+
+
+def test_kl_penalty_import_is_verls():
+    # hpt_actor_loss must use verl's KL estimator, not a copy: guard against a silent fork.
+    from verl_ext.loss import actor_loss
+
+    assert actor_loss.kl_penalty is kl_penalty and actor_loss.agg_loss is agg_loss

@@ -1,0 +1,291 @@
+"""``hpt_actor_loss``: a drop-in replacement for verl's ``verl.workers.utils.losses.ppo_loss``.
+
+Bind it once and hand it to the actor (``ActorRolloutRefWorker.set_loss_fn`` / ``actor.set_loss_fn``)::
+
+    loss_fn = functools.partial(hpt_actor_loss, config=actor_cfg, upge=load_upge_config(cfg.hpt.loss))
+
+verl's engine calls ``loss_fn(model_output=..., data=micro_batch, dp_group=...)`` once per
+micro-batch and back-propagates each result undivided; FSDP then averages gradients over the DP
+ranks. Each row belongs to one arm (``hpt_is_demo``, see :mod:`verl_ext.loss.batch_keys`), and
+the micro-batch loss is
+
+    L = s · ( Σ_arm coef_arm · agg_arm(w ⊙ ℓ_arm)  −  c_H · agg(H)  [+ c_KL · agg(KL)] )
+
+with ℓ_arm the arm's UPGE surrogate (:mod:`verl_ext.loss.upge`), w the row weight (times verl's
+``rollout_is_weights`` on rollout rows), H the token entropy over all live tokens of both arms
+(verl's entropy bonus, as ppo_loss and the official release), KL verl's ``use_kl_loss`` term, and
+s = 1/dp_size when ``average_over_dp_ranks`` else 1. Each arm is normalised by its own totals over
+the global mini-batch, so a mixed batch yields the sum of the two arms' gradients whatever the
+micro-batch split or DP size (except for the release's ``micro-token-mean``, split-dependent on
+purpose).
+
+Metrics follow ppo_loss's conventions (``verl.utils.metric.Metric``): quantities normalised by
+global totals are partial sums per micro-batch (``SUM``), others are ``MEAN``; per arm, with
+P = ``hpt/rl`` (rollout) or ``hpt/sft`` (demo): ``P/pg_loss`` resp. ``P/loss``, ``P/clipfrac``,
+``P/clipfrac_lower``, ``P/ppo_kl``, ``P/ratio_mean`` (token-weighted, exact over the mini-batch),
+``P/ratio_min``/``P/ratio_max`` (``MIN``/``MAX``; ±inf in a micro-batch without that arm, so they
+never distort the step's extremes), ``hpt/sft/nll``, ``hpt/demo_token_share``; plus verl's
+``actor/pg_loss``, ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (rollout
+arm), ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``. Every key is emitted on every micro-batch,
+because verl aggregates per-key lists across DP ranks and requires equal lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tensordict import TensorDict
+
+from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
+from verl.utils import tensordict_utils as tu
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.utils.padding import no_padding_2_padding
+
+from verl_ext.loss.batch_keys import ALL_TOTAL_KEYS, ARM_TOTAL_KEYS, HPT_IS_DEMO, HPT_ROW_WEIGHT
+from verl_ext.loss.config import ARM_NAMES, UPGELossConfig
+from verl_ext.loss.upge import UPGETokenTerms, upge_arm_loss
+
+ARM_METRIC_PREFIX = {"rollout": "hpt/rl", "demo": "hpt/sft"}
+ARM_LOSS_METRIC = {"rollout": "pg_loss", "demo": "loss"}
+# Modes whose normaliser is a global count; const-len, token-sum and micro-token-mean need none.
+_NEEDS_TOTALS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+@dataclass
+class _Totals:
+    """Global-mini-batch counts of one arm (or of all live rows); None = unknown (local fallback)."""
+
+    tokens: Optional[float]
+    seqs: Optional[float]
+
+
+def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upge: UPGELossConfig):
+    """Per-micro-batch actor loss: the two UPGE arms plus verl's entropy bonus and KL loss.
+
+    Same signature and return value as ``ppo_loss(config, model_output, data, dp_group)``:
+    ``(loss scalar, dict of Metric)``. ``config`` is verl's ActorConfig (entropy_coeff,
+    use_kl_loss, kl_loss_coef, kl_loss_type, loss_agg_mode for the entropy/KL terms,
+    loss_scale_factor, global_batch_info); ``upge`` the validated ``hpt.loss`` node.
+    """
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    entropy = model_output.get("entropy", None)
+    if entropy is not None:
+        entropy = no_padding_2_padding(entropy, data)
+
+    dp_size = tu.get_non_tensor_data(data=data, key="dp_size", default=1)
+    batch_num_tokens = tu.get_non_tensor_data(data=data, key="batch_num_tokens", default=None)
+    global_batch_size = tu.get_non_tensor_data(data=data, key="global_batch_size", default=None)
+    # Keep verl's side effect: other code (e.g. verl's policy losses) reads config.global_batch_info.
+    config.global_batch_info["dp_size"] = dp_size
+    config.global_batch_info["batch_num_tokens"] = batch_num_tokens
+    config.global_batch_info["global_batch_size"] = global_batch_size
+    config.global_batch_info["loss_scale_factor"] = config.loss_scale_factor
+    verl_global = (
+        dp_size > 1
+        or batch_num_tokens is not None
+        or global_batch_size is not None
+        or config.loss_scale_factor is not None
+    )
+
+    fields = ["response_mask", "old_log_probs", "advantages"]
+    fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_IS_DEMO, HPT_ROW_WEIGHT) if k in data.keys()]
+    have_totals = all(k in data.keys() for k in ALL_TOTAL_KEYS)
+    if have_totals:
+        fields += list(ALL_TOTAL_KEYS)
+    td = data.select(*fields).to_padded_tensor()
+
+    response_mask = td["response_mask"].to(torch.bool)
+    num_rows = response_mask.shape[0]
+    old_log_prob, advantages = td["old_log_probs"], td["advantages"]
+    is_demo = (
+        td[HPT_IS_DEMO].reshape(num_rows) > 0.5
+        if HPT_IS_DEMO in td.keys()
+        else torch.zeros(num_rows, dtype=torch.bool, device=response_mask.device)
+    )
+    row_weight = td[HPT_ROW_WEIGHT].reshape(num_rows).to(log_prob.dtype) if HPT_ROW_WEIGHT in td.keys() else None
+    live = row_weight > 0 if row_weight is not None else torch.ones_like(is_demo)
+    valid = response_mask & live.unsqueeze(-1)
+
+    totals = _arm_totals(td, upge, have_totals, batch_num_tokens, global_batch_size)
+    use_sum = have_totals or verl_global
+    metric_agg = AggregationType.SUM if use_sum else AggregationType.MEAN
+    scale = 1.0 / dp_size if upge.average_over_dp_ranks else 1.0
+
+    metrics = {}
+    # Zero, but attached to the graph: a micro-batch of padding rows only (no live row, no entropy/KL
+    # term) must still back-propagate, since verl calls loss.backward() on every micro-batch.
+    policy_loss = torch.where(valid, log_prob, 0.0).sum() * 0.0
+    local_tokens = {}
+    for name in ARM_NAMES:
+        rows = live & (is_demo if name == "demo" else ~is_demo)
+        n_rows = int(rows.sum())
+        arm = upge.arm(name)
+        if arm is None:
+            if n_rows:
+                raise ValueError(f"hpt.loss.{name} is null but the micro-batch has {n_rows} live {name} rows")
+            local_tokens[name] = 0
+            continue
+        if n_rows == 0:
+            local_tokens[name] = 0
+            metrics.update(_arm_metrics(name, None, None, None, totals[name], dp_size, metric_agg, None))
+            continue
+        # The arm works on its own rows only: no work, and no NaN risk, on the other arm's rows.
+        pick = _row_picker(rows, n_rows, num_rows)
+        mask = pick(response_mask)
+        local_tokens[name] = mask.sum()
+        arm_log_prob = pick(log_prob)
+        weight = None if row_weight is None else pick(row_weight).unsqueeze(-1)
+        if name == "rollout" and "rollout_is_weights" in td.keys():
+            # verl's rollout-correction IS weights describe the rollout engine's sampling; demo tokens
+            # were not sampled by it, so they only weight the rollout arm.
+            is_w = pick(td["rollout_is_weights"])
+            weight = is_w if weight is None else weight * is_w
+        arm_loss, terms = upge_arm_loss(
+            arm_log_prob,
+            pick(old_log_prob),
+            pick(advantages),
+            mask,
+            arm,
+            token_weight=weight,
+            dp_size=dp_size,
+            num_tokens=totals[name].tokens,
+            num_seqs=totals[name].seqs,
+            loss_scale_factor=config.loss_scale_factor,
+        )
+        arm_loss = arm_loss * scale
+        policy_loss = policy_loss + arm_loss
+        metrics.update(_arm_metrics(name, arm_loss, terms, mask, totals[name], dp_size, metric_agg, arm_log_prob))
+
+    metrics.update(_share_metric(totals, local_tokens))
+    for suffix in ("clipfrac", "ppo_kl", "clipfrac_lower"):
+        key = f"{ARM_METRIC_PREFIX['rollout']}/{suffix}"
+        if key in metrics:
+            metrics[f"actor/pg_{suffix}" if suffix != "ppo_kl" else "actor/ppo_kl"] = metrics[key]
+    metrics["actor/pg_loss"] = Metric(value=policy_loss, aggregation=metric_agg)
+
+    all_totals = totals["all"]
+    if entropy is not None:
+        entropy_loss = agg_loss(
+            loss_mat=entropy,
+            loss_mask=valid,
+            loss_agg_mode=config.loss_agg_mode,
+            dp_size=dp_size,
+            batch_num_tokens=all_totals.tokens,
+            global_batch_size=all_totals.seqs,
+            loss_scale_factor=config.loss_scale_factor,
+        )
+        policy_loss = policy_loss - config.entropy_coeff * entropy_loss * scale
+        metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_agg)
+
+    if config.use_kl_loss:
+        kld = kl_penalty(logprob=log_prob, ref_logprob=td["ref_log_prob"], kl_penalty=config.kl_loss_type)
+        kl_loss = agg_loss(
+            loss_mat=kld,
+            loss_mask=valid,
+            loss_agg_mode=config.loss_agg_mode,
+            dp_size=dp_size,
+            batch_num_tokens=all_totals.tokens,
+            global_batch_size=all_totals.seqs,
+            loss_scale_factor=config.loss_scale_factor,
+        )
+        policy_loss = policy_loss + kl_loss * config.kl_loss_coef * scale
+        metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_agg)
+        metrics["kl_coef"] = config.kl_loss_coef
+
+    return policy_loss, metrics
+
+
+def _arm_totals(td, upge: UPGELossConfig, have_totals: bool, batch_num_tokens, global_batch_size) -> dict:
+    """Per-arm and all-row global totals, from the ``hpt_*_total`` keys or verl's own counts."""
+    if have_totals:
+        out = {}
+        for name in ARM_NAMES:
+            tok_key, seq_key = ARM_TOTAL_KEYS[name]
+            # One value per mini-batch, repeated on each of its rows: any row will do, max() is cheap.
+            out[name] = _Totals(int(td[tok_key].max().item()), int(td[seq_key].max().item()))
+        out["all"] = _Totals(out["rollout"].tokens + out["demo"].tokens, out["rollout"].seqs + out["demo"].seqs)
+        return out
+    arms = [n for n in ARM_NAMES if upge.arm(n) is not None]
+    if len(arms) > 1:
+        for name in arms:
+            if upge.arm(name).agg in _NEEDS_TOTALS:
+                raise ValueError(
+                    f"hpt.loss.{name}.agg={upge.arm(name).agg!r} normalises by per-arm totals over the global "
+                    f"mini-batch, but the batch lacks {list(ALL_TOTAL_KEYS)}: call "
+                    "verl_ext.loss.annotate_arm_token_counts(batch, mini_batch_size=..., dp_size=...) before update_actor"
+                )
+    # A single-arm method: verl's own totals over all rows are this arm's totals.
+    verl_totals = _Totals(batch_num_tokens, global_batch_size)
+    return {"rollout": verl_totals, "demo": verl_totals, "all": verl_totals}
+
+
+def _row_picker(rows: torch.Tensor, n_rows: int, num_rows: int):
+    """Selects the arm's rows from (B,...) tensors; the identity when the arm owns every row."""
+    if n_rows == num_rows:
+        return lambda t: t
+    index = rows.nonzero(as_tuple=True)[0]
+    return lambda t: t.index_select(0, index)
+
+
+def _arm_metrics(
+    name: str,
+    arm_loss: Optional[torch.Tensor],
+    terms: Optional[UPGETokenTerms],
+    mask: Optional[torch.Tensor],
+    totals: _Totals,
+    dp_size: int,
+    metric_agg: AggregationType,
+    log_prob: Optional[torch.Tensor],
+) -> dict:
+    """The arm's metrics on this micro-batch; ``terms is None`` when the micro-batch has none of its rows."""
+    prefix = ARM_METRIC_PREFIX[name]
+    if totals.tokens is not None:
+        # Σ_micro-batch x / N_global · dp, SUM over micro-batches, mean over ranks = exact global mean.
+        denom, agg = max(totals.tokens, 1) / dp_size, AggregationType.SUM
+    else:
+        denom, agg = (mask.sum().clamp(min=1) if mask is not None else 1), AggregationType.MEAN
+
+    def token_mean(values, sign=1.0):
+        if values is None:  # no rows, or no such clip mask: nothing to count
+            return Metric(value=0.0, aggregation=agg)
+        if values.dtype == torch.bool:  # indicators are counted exactly
+            total = (values & mask).sum().double()
+        else:
+            total = torch.where(mask, values, 0.0).sum()
+        return Metric(value=sign * total / denom, aggregation=agg)
+
+    if terms is None:
+        out = {f"{prefix}/{ARM_LOSS_METRIC[name]}": Metric(value=0.0, aggregation=metric_agg)}
+        for key in ("clipfrac", "clipfrac_lower", "ppo_kl", "ratio_mean"):
+            out[f"{prefix}/{key}"] = token_mean(None)
+        # ±inf never wins the step's MIN/MAX against a micro-batch that has the arm.
+        out[f"{prefix}/ratio_min"] = Metric(AggregationType.MIN, float("inf"))
+        out[f"{prefix}/ratio_max"] = Metric(AggregationType.MAX, float("-inf"))
+        if name == "demo":
+            out[f"{prefix}/nll"] = token_mean(None)
+        return out
+
+    out = {f"{prefix}/{ARM_LOSS_METRIC[name]}": Metric(value=arm_loss.detach(), aggregation=metric_agg)}
+    out[f"{prefix}/clipfrac"] = token_mean(terms.clipped)
+    out[f"{prefix}/clipfrac_lower"] = token_mean(terms.clipped_lower)
+    out[f"{prefix}/ppo_kl"] = token_mean(terms.neg_kl, sign=-1.0)
+    out[f"{prefix}/ratio_mean"] = token_mean(terms.ratio)
+    # where() instead of ratio[mask]: no nonzero/gather pass; a row set without tokens gives ±inf.
+    out[f"{prefix}/ratio_min"] = Metric(AggregationType.MIN, torch.where(mask, terms.ratio, float("inf")).min())
+    out[f"{prefix}/ratio_max"] = Metric(AggregationType.MAX, torch.where(mask, terms.ratio, float("-inf")).max())
+    if name == "demo":
+        out[f"{prefix}/nll"] = token_mean(log_prob.detach(), sign=-1.0)
+    return out
+
+
+def _share_metric(totals: dict, local_tokens: dict) -> dict:
+    """Fraction of live response tokens that are demonstration tokens (global when totals are known)."""
+    demo, rollout = totals["demo"].tokens, totals["rollout"].tokens
+    if demo is not None and rollout is not None and totals["demo"] is not totals["rollout"]:
+        share = demo / max(demo + rollout, 1)
+    else:
+        n_demo, n_all = local_tokens["demo"], local_tokens["demo"] + local_tokens["rollout"]
+        share = float(n_demo) / max(float(n_all), 1.0)
+    return {"hpt/demo_token_share": Metric(AggregationType.MEAN, float(share))}
