@@ -20,6 +20,9 @@ def main(argv=None):
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-weights", default="4,3,1,1,1",
+                    help="relative frequency of each level in the training set (easy levels dominate, "
+                         "as in a real curriculum where most questions are within reach)")
     args = ap.parse_args(argv)
 
     levels = tuple(int(x) for x in args.levels.split(","))
@@ -27,7 +30,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     test = generate_rows(args.test, levels, seed=args.seed + 1, split="test")
     held_out = {r["extra_info"]["question"] for r in test}
-    train = generate_rows(args.train, levels, seed=args.seed, split="train", exclude=held_out)
+    # Level 1 has only 100 distinct problems, so training problems may repeat; held-out ones never appear.
+    weights = tuple(float(x) for x in args.train_weights.split(",")) if args.train_weights else None
+    if weights is not None and len(weights) != len(levels):
+        raise SystemExit(f"--train-weights has {len(weights)} entries for {len(levels)} levels")
+    train = generate_rows(args.train, levels, seed=args.seed, split="train", exclude=held_out, unique=False,
+                          weights=weights)
     pd.DataFrame(train).to_parquet(out / "train.parquet")
     pd.DataFrame(test).to_parquet(out / "test.parquet")
     print(f"wrote {len(train)} train / {len(test)} test rows (levels {levels}) to {out}")

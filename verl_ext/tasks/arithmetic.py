@@ -5,12 +5,14 @@ project's math reward, with difficulty levels so that a warmed-up model solves t
 sometimes and the hard ones never (both arms of HPT's gate then fire, as they do for
 Qwen2.5-Math on OpenR1-Math).
 
-Levels (operands are non-negative integers; every intermediate result is shown in the demo):
-  1: a+b, one-digit operands              "3+4=7. \\boxed{7}"
-  2: a+b, two-digit operands
-  3: a+b+c, two-digit operands            "12+7=19. 19+25=44. \\boxed{44}"
-  4: a*b+c, one-digit a,b and two-digit c
-  5: a*b+c*d, one/two-digit operands, three steps
+Levels (one-digit operands; every intermediate result is shown in the demo):
+  1: a+b                 "3+4=7. \\boxed{7}"
+  2: a+b+c               "3+4=7. 7+5=12. \\boxed{12}"
+  3: a+b+c+d             three addition steps
+  4: a*b+c               "6*7=42. 42+5=47. \\boxed{47}"
+  5: a*b+c*d             three steps, two products
+Harder levels are chains of the easy step, so SFT on their demonstrations is learnable by a tiny
+model in minutes, while a model warmed up on level 1 alone never solves them at the start.
 """
 
 from __future__ import annotations
@@ -39,23 +41,18 @@ def _steps_sum(terms: list[int]) -> tuple[int, list[str]]:
 
 
 def make_problem(level: int, rng: random.Random) -> Problem:
-    if level == 1:
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        expr, (ans, steps) = f"{a}+{b}", _steps_sum([a, b])
-    elif level == 2:
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        expr, (ans, steps) = f"{a}+{b}", _steps_sum([a, b])
-    elif level == 3:
-        a, b, c = (rng.randint(10, 99) for _ in range(3))
-        expr, (ans, steps) = f"{a}+{b}+{c}", _steps_sum([a, b, c])
+    d = lambda lo=0: rng.randint(lo, 9)  # noqa: E731  (one-digit operand)
+    if level in (1, 2, 3):
+        terms = [d() for _ in range(level + 1)]
+        expr, (ans, steps) = "+".join(map(str, terms)), _steps_sum(terms)
     elif level == 4:
-        a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(10, 99)
+        a, b, c = d(2), d(2), d()
         expr, ans = f"{a}*{b}+{c}", a * b + c
         steps = [f"{a}*{b}={a * b}.", f"{a * b}+{c}={ans}."]
     elif level == 5:
-        a, b, c, d = rng.randint(2, 9), rng.randint(10, 30), rng.randint(2, 9), rng.randint(2, 9)
-        expr, ans = f"{a}*{b}+{c}*{d}", a * b + c * d
-        steps = [f"{a}*{b}={a * b}.", f"{c}*{d}={c * d}.", f"{a * b}+{c * d}={ans}."]
+        a, b, c, e = d(2), d(2), d(2), d(2)
+        expr, ans = f"{a}*{b}+{c}*{e}", a * b + c * e
+        steps = [f"{a}*{b}={a * b}.", f"{c}*{e}={c * e}.", f"{a * b}+{c * e}={ans}."]
     else:
         raise ValueError(f"level must be one of {LEVELS}, got {level}")
     demo = " ".join(steps) + f" \\boxed{{{ans}}}"
@@ -84,10 +81,12 @@ def to_verl_row(problem: Problem, index: int, split: str) -> dict:
 
 
 def generate_rows(n: int, levels: tuple[int, ...], seed: int, split: str,
-                  exclude: set[str] | None = None, unique: bool = True) -> list[dict]:
+                  exclude: set[str] | None = None, unique: bool = True,
+                  weights: tuple[float, ...] | None = None) -> list[dict]:
     """n problems spread evenly over ``levels``; questions in ``exclude`` are never produced
     (keeps evaluation problems out of training). ``unique=False`` allows repeats (level 1 has only
-    100 distinct problems)."""
+    100 distinct problems). ``weights`` (one per level) draws levels at random in those
+    proportions instead of round-robin."""
     rng = random.Random(seed)
     seen = set(exclude or ())
     rows = []
@@ -96,7 +95,7 @@ def generate_rows(n: int, levels: tuple[int, ...], seed: int, split: str,
         attempts += 1
         if attempts > 100 * n + 1000:
             raise RuntimeError(f"could not draw {n} distinct problems from levels {levels}")
-        level = levels[len(rows) % len(levels)]
+        level = rng.choices(levels, weights)[0] if weights else levels[len(rows) % len(levels)]
         p = make_problem(level, rng)
         if p.question in (exclude or ()) or (unique and p.question in seen):
             continue
