@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Baseline "GRPO" (paper: Qwen2.5-Math-7B ID avg 43.1; 1.5B 34.0; LLaMA-3.1-8B 9.6): configs/exp/baseline_grpo.yaml.
+# Its loss and lr are UNCONFIRMED (no release script); see the exp file.
+# The model picks the row: MODEL_NAME=Qwen2.5-Math-7B (default; Table 2), Qwen2.5-Math-1.5B or
+# Llama-3.1-8B (Table 3; LLaMA adds configs/exp/llama_zero_template.yaml and the zero-template data).
+# Environment, data preparation and multi-node notes: scripts/train/_common.sh.
+set -euo pipefail
+MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-7B}
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+EXP_NAME=${EXP_NAME:-grpo_$MODEL_TAG}
+maybe_patch_rope
+hpt_run python3 -m recipe.hpt.main_hpt +exp="$(with_model_exp baseline_grpo)" \
+  trainer.nnodes="$NNODES" trainer.n_gpus_per_node="$GPUS_PER_NODE" \
+  data.train_files="$TRAIN" data.val_files="$VAL" \
+  actor_rollout_ref.model.path="$MODEL" \
+  trainer.experiment_name="$EXP_NAME" trainer.default_local_dir="$CKPT_DIR/$EXP_NAME" \
+  "$@"
