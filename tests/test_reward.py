@@ -130,12 +130,12 @@ def test_compute_score_math_pairs(pred, gt, expected):
     assert r["acc"] == expected
     assert r["pred"] == pred
     assert r["timeout"] == 0.0
-    assert set(r) == {"score", "acc", "pred", "timeout"}  # same keys for every answer (verl stacks them)
+    assert set(r) == {"score", "acc", "pred", "timeout", "grader_error"}  # same keys for every answer (verl stacks them)
 
 
 def test_no_box_scores_zero():
     r = compute_score("AIME24", "The answer is 204.", "204")
-    assert r == {"score": 0.0, "acc": 0.0, "pred": "", "timeout": 0.0}
+    assert r == {"score": 0.0, "acc": 0.0, "pred": "", "timeout": 0.0, "grader_error": 0.0}
 
 
 def test_last_box_wins():

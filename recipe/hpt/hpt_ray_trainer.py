@@ -19,7 +19,17 @@ Where it hooks verl's V0 step (``verl/trainer/ppo/ray_trainer.py::RayPPOTrainer.
    it shrinks when many questions are gated to a single SFT row.
 3. ``init_workers`` — for ``hpt.gate.strategy=always`` (SFT baseline) the rollout manager is
    wrapped so training batches get demonstration "rollouts" without any generation.
-4. ``_save_checkpoint`` / ``_load_checkpoint`` — also persist the cumulative gate statistics.
+4. ``_save_checkpoint`` / ``_load_checkpoint`` — also persist ``hpt_state`` (cumulative gate
+   statistics, per-step dataset indices and gate decisions, skip counters), written before verl's
+   ``latest_checkpointed_iteration.txt`` so a checkpoint that the tracker names is complete.
+
+Reliability (issue 8): a gated question without a usable demonstration falls back to RL (α = 1,
+β = 0; ``hpt/demo_missing``); the grader's ``timeout``/``grader_error`` reward extras are summed
+into ``hpt/reward/*``; optimizer steps skipped by the worker's step guard (non-finite loss or
+gradient) are counted (``hpt/skipped_steps``) and ``hpt.max_consecutive_skips`` of them in a row
+stop the run with an error at the start of the next step (the failing step's metrics are logged
+first); the data-validation counts are logged at the first step; ``hpt_summary.json`` (in
+``trainer.default_local_dir``) summarises the run when ``fit`` ends, normally or not.
 
 Requires ``trainer.balance_batch=true`` (verl's default): that flag is what makes ``fit`` call
 hook 1. The constructor refuses a config without it.
@@ -43,15 +53,30 @@ from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
 from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT, encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import hpt_step_metrics
+from verl_ext.hpt.validation import max_consecutive_skips
 
 logger = logging.getLogger(__name__)
 
 HPT_STATE_FILE = "hpt_state.json"
+SUMMARY_FILE = "hpt_summary.json"
+# Reward extra-info keys of verl_ext.reward (1.0 per answer) summed into hpt/reward/<name>.
+REWARD_COUNT_KEYS = {"timeout": "timeouts", "grader_error": "grader_errors"}
+# Per-optimizer-step flags reported by recipe.hpt.hpt_worker's step guard (verl prefixes actor/).
+SKIP_NONFINITE_KEY = "actor/hpt/skip_nonfinite"
+SKIP_GRAD_NORM_KEY = "actor/hpt/skip_grad_norm"
+
+
+class HPTStopError(RuntimeError):
+    """The run cannot usefully continue (e.g. too many non-finite steps in a row)."""
 
 
 class RayHPTTrainer(RayPPOTrainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, data_report=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.data_report = data_report  # verl_ext.hpt.validation.DataReport from the TaskRunner
+        self.max_consecutive_skips = max_consecutive_skips(self.config)
+        self._data_metrics_logged = False
+        self._stop_reason: Optional[str] = None
         hpt = self.config.get("hpt", None) or {}
         self.gate_config = GateConfig.from_mapping(
             OmegaConf.to_container(hpt.get("gate", {}), resolve=True) if hpt else {})
@@ -62,12 +87,21 @@ class RayHPTTrainer(RayPPOTrainer):
                 "hook, which RayPPOTrainer.fit only calls when trainer.balance_batch=true"
             )
         self._demo_scorer = DemoScorer.from_config(self.config)
-        # Cumulative gate statistics (persisted in checkpoints).
-        self.hpt_state: dict[str, Any] = {"questions": 0, "gated": 0, "steps": 0, "demo_truncated": 0}
+        # Cumulative statistics (persisted in checkpoints).
+        self.hpt_state: dict[str, Any] = {
+            "questions": 0, "gated": 0, "steps": 0, "demo_truncated": 0, "demo_missing": 0,
+            "skipped_steps": 0, "skipped_steps_grad_norm": 0, "consecutive_skips": 0,
+            "reward_timeouts": 0, "reward_grader_errors": 0,
+            "batch_indices": {}, "gate_decisions": {},
+        }
 
     # ------------------------------------------------------------------ hook 1: gate + merge
     def _balance_batch(self, batch: DataProto, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        if not self._data_metrics_logged and self.data_report is not None:
+            metrics.update(self.data_report.metrics())
+            self._data_metrics_logged = True
         if "rm_scores" in batch.batch.keys() and IS_DEMO not in batch.batch.keys():
+            self._count_reward_flags(batch, metrics)
             self._gate_and_merge(batch, metrics)
         padded, n_pad = pad_with_zero_weight_rows(batch, self._row_divisor())
         if n_pad:
@@ -84,6 +118,7 @@ class RayHPTTrainer(RayPPOTrainer):
             int((infos[int(r)] or {}).get("index", -1)) if infos is not None else -1 for r in stats.first_row
         ]
         alpha, beta = gate_by_pass_rate(stats.correct, stats.n, cfg)
+        alpha, beta, missing = self._demo_fallback(batch, stats, alpha, beta, question_indices)
 
         gated = np.flatnonzero(beta > 0)
         demo_ids: list[Optional[list[int]]] = [None] * len(stats.uids)
@@ -91,19 +126,8 @@ class RayHPTTrainer(RayPPOTrainer):
         demo_extra: dict[str, list] = {}
         truncated = 0
         if len(gated):
-            extra_infos = batch.non_tensor_batch.get("extra_info")
-            if extra_infos is None:
-                raise KeyError("HPT needs demonstrations: the batch has no 'extra_info' column "
-                               f"(expected extra_info['{self.demo_field}'] per row)")
-            targets = []
-            for q in gated:
-                row = int(stats.first_row[q])
-                info = extra_infos[row] or {}
-                if self.demo_field not in info or not info[self.demo_field]:
-                    raise KeyError(
-                        f"row {row} (uid {stats.uids[q]!r}, index {info.get('index')!r}) has no "
-                        f"extra_info['{self.demo_field}'] demonstration but its question was gated to SFT")
-                targets.append(str(info[self.demo_field]))
+            extra_infos = batch.non_tensor_batch["extra_info"]
+            targets = [extra_infos[int(stats.first_row[q])][self.demo_field] for q in gated]
             ids, truncated = encode_demonstrations(
                 self.tokenizer, targets, int(self.config.actor_rollout_ref.rollout.response_length))
             for q, i in zip(gated, ids):
@@ -128,9 +152,53 @@ class RayHPTTrainer(RayPPOTrainer):
         self.hpt_state["gated"] += mstats.num_gated
         self.hpt_state["steps"] += 1
         self.hpt_state["demo_truncated"] += truncated
-        # Dataset indices of this step's questions: makes the data order auditable across resumes.
-        self.hpt_state.setdefault("batch_indices", {})[str(self.global_steps)] = question_indices
+        self.hpt_state["demo_missing"] += len(missing)
+        # Dataset indices of this step's questions and the gate's decisions for them (number of
+        # correct rollouts, routed to SFT or not): the data order and the gating are auditable
+        # and comparable across resumes.
+        step = str(self.global_steps)
+        self.hpt_state.setdefault("batch_indices", {})[step] = question_indices
+        self.hpt_state.setdefault("gate_decisions", {})[step] = {
+            "correct": [int(c) for c in stats.correct],
+            "sft": [int(b > 0) for b in beta],
+            "demo_missing": [question_indices[q] for q in missing],
+        }
         metrics.update(hpt_step_metrics(batch, stats, alpha, beta, self.hpt_state, truncated))
+        metrics["hpt/demo_missing"] = len(missing)
+        metrics["hpt/cumulative/demo_missing"] = self.hpt_state["demo_missing"]
+
+    def _demo_fallback(self, batch: DataProto, stats, alpha: np.ndarray, beta: np.ndarray,
+                       question_indices: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Route gated questions without a usable demonstration (missing, empty, not a string) to
+        RL instead (α = 1, β = 0); returns the new weights and those questions' positions."""
+        infos = batch.non_tensor_batch.get("extra_info")
+        missing = []
+        for q in np.flatnonzero(beta > 0):
+            info = infos[int(stats.first_row[q])] if infos is not None else None
+            demo = info.get(self.demo_field) if isinstance(info, dict) else None
+            if not isinstance(demo, str) or not demo.strip():
+                missing.append(int(q))
+        if missing:
+            alpha, beta = alpha.copy(), beta.copy()
+            alpha[missing], beta[missing] = 1.0, 0.0
+            logger.warning("HPT step %s: %d gated question(s) have no usable extra_info[%r] demonstration "
+                           "(dataset indices %s); they are trained with RL instead", self.global_steps,
+                           len(missing), self.demo_field, [question_indices[q] for q in missing][:10])
+        return alpha, beta, missing
+
+    def _count_reward_flags(self, batch: DataProto, metrics: dict) -> None:
+        """Sum the grader's per-answer flags (timeouts, crashes; both scored 0) of this step's rollouts."""
+        nt = batch.non_tensor_batch
+        for key, name in REWARD_COUNT_KEYS.items():
+            if key not in nt:
+                continue
+            try:
+                count = int(np.nansum(np.asarray(nt[key], dtype=np.float64) > 0))
+            except (TypeError, ValueError):
+                continue
+            metrics[f"hpt/reward/{name}"] = count
+            self.hpt_state[f"reward_{name}"] = self.hpt_state.get(f"reward_{name}", 0) + count
+            metrics[f"hpt/cumulative/reward_{name}"] = self.hpt_state[f"reward_{name}"]
 
     def _row_divisor(self) -> int:
         """Rows must split evenly over the DP ranks and, without dynamic batch sizes, into the
@@ -176,7 +244,83 @@ class RayHPTTrainer(RayPPOTrainer):
             else:
                 metrics.pop(key)
         metrics["hpt/pad_rows_update"] = n_pad
+        self._account_skips(metrics, dp)
         return out
+
+    def _account_skips(self, metrics: dict, dp: int) -> None:
+        """Count the optimizer steps the worker's guard skipped (flags per mini-batch and DP rank)
+        and arm the stop after ``hpt.max_consecutive_skips`` non-finite ones in a row."""
+        def per_step(key):
+            flags = np.asarray(metrics.pop(key, []) or [], dtype=np.float64).ravel()
+            if dp > 1 and flags.size % dp == 0:
+                flags = flags.reshape(-1, dp).max(axis=1)  # every rank takes the same decision
+            return flags > 0
+
+        nonfinite, grad_norm = per_step(SKIP_NONFINITE_KEY), per_step(SKIP_GRAD_NORM_KEY)
+        st = self.hpt_state
+        for i, bad in enumerate(nonfinite):
+            if bad:
+                st["consecutive_skips"] += 1
+            elif not (i < grad_norm.size and grad_norm[i]):
+                st["consecutive_skips"] = 0  # a real update happened
+        st["skipped_steps"] += int(nonfinite.sum())
+        st["skipped_steps_grad_norm"] += int(grad_norm.sum())
+        metrics["hpt/skipped_steps"] = [int(nonfinite.sum())]
+        metrics["hpt/skipped_steps_grad_norm"] = [int(grad_norm.sum())]
+        metrics["hpt/consecutive_skips"] = [st["consecutive_skips"]]
+        metrics["hpt/cumulative/skipped_steps"] = [st["skipped_steps"]]
+        limit = self.max_consecutive_skips
+        if limit and st["consecutive_skips"] >= limit:
+            self._stop_reason = (
+                f"HPT: stopping the run: {st['consecutive_skips']} consecutive optimizer steps were skipped because "
+                f"the loss or the gradient was non-finite (NaN/inf) (hpt.max_consecutive_skips={limit}; last at "
+                f"training step {self.global_steps}; {st['skipped_steps']} skipped in total). The parameters and "
+                f"optimizer state are those of the last good step. Check the data, the learning rate and the loss "
+                f"settings, then resume from the last checkpoint.")
+            logger.error(self._stop_reason)
+
+    def _get_gen_batch(self, batch: DataProto) -> DataProto:
+        # First thing of every step in fit(): stop here, after the previous step was logged.
+        if self._stop_reason:
+            raise HPTStopError(self._stop_reason)
+        return super()._get_gen_batch(batch)
+
+    def fit(self):
+        try:
+            super().fit()
+        finally:
+            self.write_summary()
+        if self._stop_reason:
+            raise HPTStopError(self._stop_reason)
+
+    def final_summary(self) -> dict:
+        st = self.hpt_state
+        # fit() increments global_steps after logging each step: the last finished step is one less.
+        return {
+            "last_step": max(int(getattr(self, "global_steps", 0) or 0) - 1, 0),
+            "stopped": self._stop_reason,
+            "data": self.data_report.as_dict() if self.data_report is not None else None,
+            "gate": {k: st.get(k, 0) for k in ("questions", "gated", "steps", "demo_truncated", "demo_missing")},
+            "optimizer": {"skipped_steps": st.get("skipped_steps", 0),
+                          "skipped_steps_grad_norm": st.get("skipped_steps_grad_norm", 0),
+                          "consecutive_skips": st.get("consecutive_skips", 0),
+                          "max_consecutive_skips": self.max_consecutive_skips},
+            "reward": {"timeouts": st.get("reward_timeouts", 0), "grader_errors": st.get("reward_grader_errors", 0)},
+        }
+
+    def write_summary(self) -> Optional[str]:
+        summary = self.final_summary()
+        print(f"HPT run summary: {json.dumps(summary)}")
+        try:
+            folder = self.config.trainer.default_local_dir
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, SUMMARY_FILE)
+            with open(path, "w") as f:
+                json.dump(summary, f, indent=2)
+            return path
+        except OSError as exc:  # the summary must never mask the run's own outcome
+            logger.warning("HPT: could not write %s: %s", SUMMARY_FILE, exc)
+            return None
 
     # ------------------------------------------------------------------ hook 3: SFT-only baseline
     def init_workers(self):
@@ -189,11 +333,15 @@ class RayHPTTrainer(RayPPOTrainer):
 
     # ------------------------------------------------------------------ hook 4: checkpoints
     def _save_checkpoint(self):
-        super()._save_checkpoint()
+        # Before verl's save, whose last act is to write latest_checkpointed_iteration.txt: a
+        # checkpoint the tracker points at then always has its hpt_state.
         folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, HPT_STATE_FILE), "w") as f:
+        tmp = os.path.join(folder, f"{HPT_STATE_FILE}.tmp")
+        with open(tmp, "w") as f:
             json.dump(self.hpt_state, f)
+        os.replace(tmp, os.path.join(folder, HPT_STATE_FILE))
+        super()._save_checkpoint()
 
     def _load_checkpoint(self):
         out = super()._load_checkpoint()

@@ -2,6 +2,11 @@
 
 Same shape as verl's recipes (e.g. DAPO): a TaskRunner that builds verl's workers, datasets and
 the trainer subclass, launched through verl's own ``run_ppo`` (Ray init + remote runner).
+
+Start-up checks (:mod:`verl_ext.hpt.validation`): the config is validated in ``run_hpt`` before
+Ray starts; the data rows in ``HPTTaskRunner.run`` with the run's tokenizer, before the datasets,
+the trainer or any worker exist (a bad row raises, or with ``hpt.data.on_bad_row=skip`` is removed
+and counted; the counts reach the trainer's first-step metrics and ``hpt_summary.json``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import ray
 from omegaconf import OmegaConf, open_dict
 
 from recipe.hpt.runtime import prepare_runtime
+from verl_ext.hpt.validation import validate_data, validate_hpt_config
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
 from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
@@ -47,6 +53,11 @@ class HPTTaskRunner(BaseTaskRunner):
         with open_dict(config):
             config.actor_rollout_ref.hpt = config.get("hpt", None)
 
+        model_config: HFModelConfig = omega_conf_to_dataclass(config.actor_rollout_ref.model)
+        tokenizer, processor = model_config.tokenizer, model_config.processor
+        # Every row checked before anything is built; may point data.*_files at filtered copies.
+        data_report = validate_data(config, tokenizer)
+
         actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)
         self.add_critic_worker(config)
         self.add_reward_model_resource_pool(config)
@@ -54,8 +65,6 @@ class HPTTaskRunner(BaseTaskRunner):
         validate_config(config=config, use_reference_policy=need_reference_policy(config),
                         use_critic=need_critic(config))
 
-        model_config: HFModelConfig = omega_conf_to_dataclass(config.actor_rollout_ref.model)
-        tokenizer, processor = model_config.tokenizer, model_config.processor
         resource_pool_manager = self.init_resource_pool_mgr(config)
 
         train_dataset = create_rl_dataset(config.data.train_files, config.data, tokenizer, processor, is_train=True,
@@ -75,10 +84,11 @@ class HPTTaskRunner(BaseTaskRunner):
             val_dataset=val_dataset,
             collate_fn=collate_fn,
             train_sampler=train_sampler,
+            data_report=data_report,
         )
         trainer.init_workers()
         trainer.fit()
-        return trainer.final_summary() if hasattr(trainer, "final_summary") else None
+        return trainer.final_summary()
 
 
 @hydra.main(config_path="config", config_name="hpt_trainer", version_base=None)
@@ -91,6 +101,7 @@ def run_hpt(config):
     from verl.experimental.reward_loop import migrate_legacy_reward_impl
     from verl.utils.device import auto_set_device
 
+    validate_hpt_config(config)  # before Ray and any worker: a bad setting fails in seconds
     prepare_runtime(config)
     auto_set_device(config)
     config = migrate_legacy_reward_impl(config)

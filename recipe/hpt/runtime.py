@@ -27,7 +27,9 @@ def _add_module(value: str | None, module: str) -> str:
 
 
 # Set in the launching shell, these must reach the TaskRunner and workers too.
-FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT", "HPT_HF_ROLLOUT_THREADS", "HF_HOME")
+# HPT_FAULT_NONFINITE_GRAD is test-only fault injection (recipe/hpt/hpt_worker.py).
+FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT", "HPT_HF_ROLLOUT_THREADS", "HF_HOME",
+                 "HPT_REWARD_WORKERS", "HPT_FAULT_NONFINITE_GRAD")
 
 
 def runtime_env_vars(config: DictConfig) -> dict[str, str]:

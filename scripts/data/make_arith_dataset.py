@@ -16,8 +16,8 @@ from verl_ext.tasks.arithmetic import LEVELS, generate_rows
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="data/arith")
-    ap.add_argument("--train", type=int, default=512)
-    ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--train", type=int, default=4000)
+    ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-weights", default="4,3,1,1,1",

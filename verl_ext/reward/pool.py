@@ -65,6 +65,7 @@ class _Worker:
         )
         self._buf = b""
         self.ready = False
+        self.eof = False  # its stdout closed: it exited (maybe not yet reaped, so poll() can lag)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -81,6 +82,7 @@ class _Worker:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
+                self.eof = True
                 return None  # EOF: the worker died
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
@@ -190,7 +192,7 @@ class GraderPool:
             out = w.request(pred, gts, timeout)
             if out is None:
                 # Hard limit: the worker is stuck (or dead). Kill it; the slot restarts lazily.
-                died = not w.alive()
+                died = w.eof or not w.alive()
                 w.kill()
                 w = None
                 self._bump("restarts")

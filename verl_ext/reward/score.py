@@ -1,7 +1,10 @@
 """verl reward function: binary correctness of the last ``\\boxed{}`` answer (HPT release style).
 
 ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)`` returns
-``{"score": 1.0|0.0, "acc": 1.0|0.0, "pred": str, "timeout": 1.0|0.0}``:
+``{"score": 1.0|0.0, "acc": 1.0|0.0, "pred": str, "timeout": 1.0|0.0, "grader_error": 1.0|0.0}``
+and never raises: a grader crash (an exception in this process, a worker that died or reported
+an error) scores 0 with ``grader_error`` = 1.0 and a logged warning, so one bad answer or ground
+truth cannot kill a training step (the HPT trainer sums both flags into ``hpt/reward/*``):
 
 * math: ``pred`` = content of the last ``\\boxed{}``/``\\fbox{}``/``\\boxed x`` (no box -> 0, no
   format reward or penalty, as in the release). A ground truth that itself contains ``\\boxed``
@@ -24,6 +27,7 @@ re-created after a fork.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -32,6 +36,8 @@ from typing import Any
 from verl_ext.reward.extract import extract_choice_letter, last_boxed_content
 from verl_ext.reward.normalize import normalize_string, simple_rational
 from verl_ext.reward.pool import GraderPool, PoolVerdict
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 # Longer boxed contents are degenerate outputs; they are graded by string equality only, so
@@ -100,9 +106,10 @@ def fast_verdict(pred: str, gts: list[str]) -> bool | None:
     return None
 
 
-def _result(correct: bool, pred: str | None, timed_out: bool = False) -> dict:
+def _result(correct: bool, pred: str | None, timed_out: bool = False, error: bool = False) -> dict:
     s = 1.0 if correct else 0.0
-    return {"score": s, "acc": s, "pred": pred if pred is not None else "", "timeout": 1.0 if timed_out else 0.0}
+    return {"score": s, "acc": s, "pred": pred if pred is not None else "", "timeout": 1.0 if timed_out else 0.0,
+            "grader_error": 1.0 if error else 0.0}
 
 
 def score_math(solution_str: str, ground_truth: Any, timeout: float = DEFAULT_TIMEOUT_S,
@@ -115,7 +122,8 @@ def score_math(solution_str: str, ground_truth: Any, timeout: float = DEFAULT_TI
     if fast is not None:
         return _result(fast, pred)
     verdict: PoolVerdict = (pool or get_pool()).grade(pred, gts, timeout)
-    return _result(verdict.correct, pred, verdict.timed_out and not verdict.correct)
+    return _result(verdict.correct, pred, verdict.timed_out and not verdict.correct,
+                   error=verdict.error is not None and not verdict.correct)
 
 
 def score_choice(solution_str: str, ground_truth: Any) -> dict:
@@ -132,6 +140,11 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
                   timeout: float = DEFAULT_TIMEOUT_S, **kwargs) -> dict:
     """verl entry point; see the module docstring. ``timeout`` can be set from the verl config
     via ``reward.custom_reward_function.reward_kwargs.timeout``. Extra kwargs are ignored."""
-    if is_gpqa(data_source):
-        return score_choice(solution_str, ground_truth)
-    return score_math(solution_str, ground_truth, timeout=timeout)
+    try:
+        if is_gpqa(data_source):
+            return score_choice(solution_str, ground_truth)
+        return score_math(solution_str, ground_truth, timeout=timeout)
+    except Exception as exc:  # a grader bug or bad ground truth: score 0, flagged, never raised
+        logger.warning("grader crashed (%s: %s); scored 0. data_source=%r gt=%r solution=%r", type(exc).__name__,
+                       str(exc)[:200], data_source, str(ground_truth)[:200], str(solution_str)[-200:])
+        return _result(False, None, error=True)

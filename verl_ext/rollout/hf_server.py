@@ -9,6 +9,17 @@ training workers through :class:`verl_ext.rollout.hf_adapter.HFServerAdapter`, w
 
 Concurrent ``generate`` calls are queued and served in batches (one forward per token for the
 whole batch), which is what makes CPU rollout of a group of n samples affordable.
+
+Reproducible sampling: each request draws its tokens from its own random stream, seeded by
+:func:`verl_ext.rollout.sampling.row_seed` from (``rollout.seed``, the server's global step, the
+prompt's token ids, the request's row index). The row index is verl's ``priority``: the agent-loop
+manager numbers the rows of the step's n-times interleaved batch 0..B·n-1 (row = question slot · n
++ copy k), so it names "the k-th copy of this prompt in this step". The global step is the one the
+trainer passed with the last weight update (``load_weights``/``set_global_steps``), i.e. step s
+generates with s-1. The samples of a step therefore depend neither on the order in which requests
+arrive nor on which of them share a forward batch, and a run resumed from a checkpoint at step s
+draws exactly the rollouts an uninterrupted run draws. A request without a priority falls back to
+the number of identical prompts already seen this step (arrival order).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from omegaconf import DictConfig
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 
-from verl_ext.rollout.sampling import SamplingSpec, sample_batch
+from verl_ext.rollout.sampling import SamplingSpec, generator_for, row_seed, sample_batch
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +82,8 @@ class HFRolloutServer:
         self.stop_token_ids = stop
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else min(stop)
         self.max_model_len = int(self.config.max_model_len or (self.config.prompt_length + self.config.response_length))
-        self.generator = torch.Generator().manual_seed(int(getattr(self.config, "seed", 0) or 0) + replica_rank)
+        self.seed = int(getattr(self.config, "seed", 0) or 0)
+        self._occurrences: dict[tuple, int] = {}  # (step, prompt) -> requests seen without a priority
 
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
@@ -90,7 +102,7 @@ class HFRolloutServer:
 
     async def generate(self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str,
                        image_data=None, video_data=None, audio_data=None, mm_processor_kwargs=None,
-                       priority: int = 0, **kwargs) -> TokenOutput:
+                       priority: Optional[int] = None, **kwargs) -> TokenOutput:
         if image_data or video_data or audio_data:
             raise NotImplementedError("the hf rollout serves text-only models")
         self._ensure_worker()
@@ -103,8 +115,9 @@ class HFRolloutServer:
                 f"{self.max_model_len}"
             )
         spec = SamplingSpec.from_request(sampling_params, min(room, int(self.config.response_length)))
+        seed = self.request_seed(prompt_ids, priority)
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((prompt_ids, spec, fut))
+        await self._queue.put((prompt_ids, spec, fut, seed))
         result = await fut
         return TokenOutput(
             token_ids=result.token_ids,
@@ -112,6 +125,18 @@ class HFRolloutServer:
             stop_reason="completed",
             extra_fields={"global_steps": self.global_steps},
         )
+
+    def request_seed(self, prompt_ids: list[int], priority: Optional[int]) -> int:
+        """Seed of one request's random stream (see the module docstring)."""
+        step = -1 if self.global_steps is None else int(self.global_steps)
+        if priority is None:
+            key = (step, tuple(prompt_ids))
+            slot = self._occurrences.get(key, 0)
+            self._occurrences[key] = slot + 1
+            row = ("arrival", slot)
+        else:
+            row = ("row", int(priority))
+        return row_seed("hf-rollout", self.seed, step, prompt_ids, *row)
 
     async def _serve(self):
         """Drain the queue into batches of identical sampling specs and run them off the loop."""
@@ -129,14 +154,14 @@ class HFRolloutServer:
                 try:
                     results = await asyncio.to_thread(
                         sample_batch, self.model, [g[0] for g in group], spec, self.stop_token_ids,
-                        self.pad_token_id, self.generator,
+                        self.pad_token_id, generators=[generator_for(g[3]) for g in group],
                     )
-                    for (_, _, fut), res in zip(group, results):
+                    for (_, _, fut, _), res in zip(group, results):
                         if not fut.done():
                             fut.set_result(res)
                 except Exception as exc:  # surface the failure to every waiting request
                     logger.exception("hf rollout batch failed")
-                    for _, _, fut in group:
+                    for _, _, fut, _ in group:
                         if not fut.done():
                             fut.set_exception(exc)
 
@@ -153,7 +178,8 @@ class HFRolloutServer:
         if self.model.config.tie_word_embeddings and "lm_head.weight" not in state_dict:
             self.model.tie_weights()
         self._weights_version += 1
-        self.global_steps = global_steps
+        if global_steps is not None:
+            self._set_step(global_steps)
         return len(state_dict)
 
     def weights_version(self) -> int:
@@ -192,7 +218,12 @@ class HFRolloutServer:
         return None
 
     async def set_global_steps(self, global_steps: int):
-        self.global_steps = global_steps
+        self._set_step(global_steps)
+
+    def _set_step(self, global_steps: int) -> None:
+        if global_steps != self.global_steps:
+            self._occurrences.clear()
+        self.global_steps = int(global_steps)
 
 
 class HFReplica(RolloutReplica):

@@ -2,11 +2,23 @@
 
 Pure PyTorch over any Hugging Face causal LM; no Ray, no verl. This is what the ``hf`` rollout
 server runs for each batch of requests.
+
+Reproducibility: with ``generators`` (one ``torch.Generator`` per row) every row draws its tokens
+from its own random stream, so what a row samples does not depend on which other rows share the
+batch or in which order they arrived. :func:`row_seed` derives such a per-row seed from stable
+identifiers (the rollout server uses (seed, global step, prompt tokens, row index)). The logits
+themselves may differ in the last float bits with the batch shape (CPU GEMM blocking), which
+changes the returned log-probs by ~1e-7 but a sampled token only if a uniform draw falls within
+that distance of a CDF boundary (measured: no token differed over 32 rows x 48 tokens in any
+tested batch composition).
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -56,6 +68,30 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def row_seed(*parts: int | str | bytes | Sequence[int] | None) -> int:
+    """A 63-bit seed from stable parts (ints, strings, token-id lists); the same parts always give
+    the same seed, in any process (no Python ``hash`` randomisation)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            h.update(b"N")
+        elif isinstance(part, bytes):
+            h.update(b"B" + struct.pack("<Q", len(part)) + part)
+        elif isinstance(part, str):
+            data = part.encode("utf-8", "surrogatepass")
+            h.update(b"S" + struct.pack("<Q", len(data)) + data)
+        elif isinstance(part, int):
+            h.update(b"I" + struct.pack("<q", int(part)))
+        else:
+            ids = [int(x) for x in part]
+            h.update(b"L" + struct.pack("<Q", len(ids)) + struct.pack(f"<{len(ids)}q", *ids))
+    return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def generator_for(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
 @torch.no_grad()
 def sample_batch(
     model: torch.nn.Module,
@@ -64,15 +100,21 @@ def sample_batch(
     stop_token_ids: set[int],
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> list[SampleResult]:
     """Sample a continuation for each prompt (left-padded into one batch).
 
     Log-probs are those of the sampled token under the model's *unmodified* distribution
     log softmax(z_t) (what vLLM returns by default), not the temperature/top-p-filtered one.
     A row stops at its first stop token (included in the output) or after ``max_new_tokens``.
+
+    ``generators``: one CPU generator per row (row i's tokens are drawn from ``generators[i]``
+    only); otherwise the whole batch draws from ``generator``.
     """
     device = next(model.parameters()).device
     bsz = len(prompts)
+    if generators is not None and len(generators) != bsz:
+        raise ValueError(f"{len(generators)} generators for {bsz} prompts")
     width = max(len(p) for p in prompts)
     input_ids = torch.full((bsz, width), pad_token_id, dtype=torch.long, device=device)
     attention = torch.zeros((bsz, width), dtype=torch.long, device=device)
@@ -99,7 +141,16 @@ def sample_batch(
             nxt = logits.argmax(-1)
         else:
             filt = filter_logits(logits / spec.temperature, spec.top_k, spec.top_p)
-            nxt = torch.multinomial(torch.softmax(filt, dim=-1), 1, generator=generator).squeeze(-1)
+            probs = torch.softmax(filt, dim=-1)
+            if generators is None:
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                # One draw per live row from the row's own stream (finished rows draw nothing, so a
+                # row's t-th token always uses the t-th draw of its stream).
+                nxt = torch.full((bsz,), pad_token_id, dtype=torch.long, device=device)
+                probs_cpu = probs.cpu()
+                for i in torch.nonzero(~done).flatten().tolist():
+                    nxt[i] = int(torch.multinomial(probs_cpu[i], 1, generator=generators[i]))
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         chosen = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
         for i in torch.nonzero(~done).flatten().tolist():
