@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 # The release divides RL token sums by its response width; the CPU task's width is 48.
 CONST_LEN = ["hpt.loss.rollout.const_len=48"]
 METHODS = {
-    "SFT": ["hpt.gate.strategy=always", "upge=sft", "actor_rollout_ref.rollout.n=1"],
+    "SFT": ["hpt.gate.strategy=always", "upge=sft", "hpt.loss.rollout=null", "actor_rollout_ref.rollout.n=1"],
     "GRPO": ["hpt.gate.strategy=never", "upge=hpt_release", "hpt.loss.demo=null", *CONST_LEN],
     "LUFFY": ["hpt.gate.strategy=fixed", "hpt.gate.placement=add", "upge=luffy", *CONST_LEN,
               "hpt.loss.demo.const_len=48"],

@@ -32,8 +32,8 @@ COMPOSE_AS = {
     "hpt_paper_eq": ["hpt_qwen7b", "hpt_paper_eq"],
     "llama_zero_template": ["baseline_grpo", "llama_zero_template"],
 }
-# Written on purpose with a key the loss does not have yet: the launch must fail, not fake it.
-NOT_IMPLEMENTABLE = {"table5_mix_on": "hpt.loss.demo_off"}
+# hpt.gate.demo_arms of the files that do not use the default [demo] (only these have a demo_off arm).
+DEMO_ARMS = {"table5_mix_on": ("demo", "demo_off"), "table5_off_on": ("demo_off",)}
 
 # The paper-run files (all include release_gpu.yaml) and the values that would differ if the file
 # were wrong. Keys are dotted config paths.
@@ -52,6 +52,13 @@ QWEN1_5B = {**QWEN7B, "hpt.loss.demo.coef": 0.3}
 LUFFY_GROUPING = {"hpt.gate.strategy": "fixed", "hpt.gate.fixed_alpha": 1.0, "hpt.gate.fixed_beta": 1.0,
                   "hpt.gate.placement": "add", "actor_rollout_ref.rollout.n": 7,
                   "actor_rollout_ref.actor.optim.lr": 1e-6, "hpt.skip_grad_norm_above": None}
+# Table 5's off-policy demonstration arm (upge/hpt_release_off.yaml: LUFFY's demo term) and gate.
+OFF_ARM = {"hpt.loss.demo_off.stable": "none", "hpt.loss.demo_off.ref": "one", "hpt.loss.demo_off.adv": "batch",
+           "hpt.loss.demo_off.shaping_gamma": 0.1, "hpt.loss.demo_off.agg": "const-len",
+           "hpt.loss.demo_off.const_len": 8192, "hpt.loss.demo_off.coef": 1.0,
+           "hpt.loss.average_over_dp_ranks": True}
+TABLE5_GATE = {"hpt.gate.strategy": "switch", "hpt.gate.gamma": 0.0, "hpt.gate.placement": "replace",
+               "hpt.gate.keep_gated_rollouts": True}
 GRPO = {**HPT_RELEASE_RL, "hpt.gate.strategy": "never", "algorithm.norm_adv_by_std_in_grpo": False,
         "actor_rollout_ref.actor.optim.lr": 1e-6, "actor_rollout_ref.rollout.n": 8,
         "hpt.skip_grad_norm_above": None}
@@ -80,11 +87,11 @@ EXPECTED = {
                       "hpt.loss.demo.ref": "one", "hpt.loss.demo.shaping_gamma": None,
                       "hpt.loss.demo.agg": "const-len", "algorithm.norm_adv_by_std_in_grpo": False},
     "table5_sft_on": QWEN1_5B,
-    "table5_off_on": {**LUFFY_LOSS, "hpt.gate.strategy": "switch", "hpt.gate.gamma": 0.0,
-                      "hpt.gate.placement": "add", "hpt.gate.keep_gated_rollouts": True,
-                      "actor_rollout_ref.actor.optim.lr": 5e-6, "actor_rollout_ref.rollout.n": 8},
-    "table5_mix_on": {**HPT_RELEASE, "hpt.gate.placement": "add", "hpt.gate.keep_gated_rollouts": True,
-                      "hpt.loss.demo.coef": 0.3, "hpt.loss.demo_off.shaping_gamma": 0.1},
+    # Table 5: one loss (SFT demo arm at 0.3 + off-policy demo_off arm), rows chosen by hpt.gate.demo_arms
+    "table5_off_on": {**QWEN1_5B, **OFF_ARM, **TABLE5_GATE, "hpt.gate.demo_arms": ["demo_off"],
+                      "trainer.experiment_name": "table5_off_on_qwen2.5-math-1.5b"},
+    "table5_mix_on": {**QWEN1_5B, **OFF_ARM, **TABLE5_GATE, "hpt.gate.demo_arms": ["demo", "demo_off"],
+                      "trainer.experiment_name": "table5_mix_on_qwen2.5-math-1.5b"},
     "table6_gamma0": {**QWEN1_5B, "hpt.gate.gamma": 0.0},
     "table6_gamma1_8": {**QWEN1_5B, "hpt.gate.gamma": 0.125},
     "table6_gamma2_8": {**QWEN1_5B, "hpt.gate.gamma": 0.25},
@@ -180,23 +187,23 @@ def test_exp_composes_and_validates(name, composed):
     hpt = cfg.hpt
     # The trainer's gate config (RayHPTTrainer.__init__ does exactly this).
     gate = GateConfig.from_mapping(OmegaConf.to_container(hpt.gate, resolve=True))
-    if name in NOT_IMPLEMENTABLE:
-        with pytest.raises(UPGEConfigError, match=NOT_IMPLEMENTABLE[name].replace(".", r"\.")):
-            load_upge_config(hpt.loss)
-        return
-    loss = load_upge_config(hpt.loss)
-    # No partial arm (e.g. only `coef` left over from a file after a preset without that arm):
-    # load_upge_config would fill it with default fields silently.
-    for arm in ("rollout", "demo"):
+    loss = load_upge_config(hpt.loss)  # rejects a partial arm (e.g. a leftover `coef`), naming the key
+    # Every arm states all four UPGE parts (load_upge_config requires ref/adv/agg; stable too here).
+    for arm in ("rollout", "demo", "demo_off"):
         node = hpt.loss.get(arm)
         if node is not None:
             missing = {"stable", "ref", "adv", "agg"} - set(node.keys())
             assert not missing, f"{name}: hpt.loss.{arm} lacks {sorted(missing)} (a partial arm)"
+    assert gate.demo_arms == DEMO_ARMS.get(name, ("demo",)), f"{name}: hpt.gate.demo_arms = {gate.demo_arms}"
+    if "demo_off" not in gate.demo_arms:
+        assert loss.demo_off is None, f"{name}: hpt.loss.demo_off is set but the gate builds no demo_off rows"
     # The arms the gate can produce rows for must exist in the loss.
     if gate.strategy != "always":
         assert loss.rollout is not None, f"{name}: gate {gate.strategy} keeps rollouts but hpt.loss.rollout is null"
     if gate.strategy not in ("never",):
-        assert loss.demo is not None, f"{name}: gate {gate.strategy} builds demonstration rows but hpt.loss.demo is null"
+        for arm in gate.demo_arms:
+            assert loss.arm(arm) is not None, (
+                f"{name}: gate {gate.strategy} builds {arm} rows (hpt.gate.demo_arms) but hpt.loss.{arm} is null")
     # Trainer preconditions (RayHPTTrainer).
     assert cfg.trainer.balance_batch is True
     assert cfg.actor_rollout_ref.actor.shuffle is False
@@ -265,9 +272,18 @@ def test_command_line_overrides_win_over_exp_files():
     cfg = compose_exp("hpt_qwen7b", ["upge=grpo", "hpt.gate.gamma=0.5", "actor_rollout_ref.actor.optim.lr=1e-6"])
     assert cfg.hpt.loss.rollout.stable == "ppo_clip" and cfg.hpt.loss.demo is None
     assert cfg.hpt.gate.gamma == 0.5 and cfg.actor_rollout_ref.actor.optim.lr == 1e-6
-    # hpt_qwen1_5b's demo coef outlives a preset switch (documented in the file): null it explicitly.
+    # hpt_qwen1_5b's demo coef outlives a preset switch (documented in the file): the partial arm
+    # {coef: 0.3} is an error naming the key, not a silent demo arm of default fields; null it explicitly.
+    cfg = compose_exp("hpt_qwen1_5b", ["upge=grpo"])
+    assert OmegaConf.to_container(cfg.hpt.loss.demo) == {"coef": 0.3}
+    with pytest.raises(UPGEConfigError, match=r"hpt\.loss\.demo\.ref is not set"):
+        load_upge_config(cfg.hpt.loss)
     cfg = compose_exp("hpt_qwen1_5b", ["upge=grpo", "hpt.loss.demo=null"])
     assert cfg.hpt.loss.demo is None and load_upge_config(cfg.hpt.loss).demo is None
+    # Table 5's rows differ only in hpt.gate.demo_arms: SFT/ON is Mix/ON with [demo] (same loss).
+    mix = compose_exp("table5_mix_on", ["hpt.gate.demo_arms=[demo]", "hpt.gate.keep_gated_rollouts=false"])
+    gate = GateConfig.from_mapping(OmegaConf.to_container(mix.hpt.gate, resolve=True))
+    assert gate.demo_arms == ("demo",) and load_upge_config(mix.hpt.loss).demo_off is not None
     cfg = compose_exp("hpt_qwen1_5b", ["upge=hpt_paper"])
     assert cfg.hpt.loss.demo.coef == 0.3 and cfg.hpt.loss.demo.agg == "seq-mean-token-mean"
 
@@ -372,6 +388,7 @@ LAUNCHES = [
     ("luffy.sh", {}, "baseline_luffy", "luffy_qwen2.5-math-7b", "/models/Qwen2.5-Math-7B-rope40k"),
     ("srft.sh", {}, "baseline_srft", "srft_qwen2.5-math-7b", "/models/Qwen2.5-Math-7B-rope40k"),
     ("table5_off_on.sh", {}, "table5_off_on", "table5_off_on_qwen2.5-math-1.5b", "/models/Qwen2.5-Math-1.5B-rope40k"),
+    ("table5_mix_on.sh", {}, "table5_mix_on", "table5_mix_on_qwen2.5-math-1.5b", "/models/Qwen2.5-Math-1.5B-rope40k"),
     ("table6_gamma1_8.sh", {}, "table6_gamma1_8", "table6_gamma1_8_qwen2.5-math-1.5b",
      "/models/Qwen2.5-Math-1.5B-rope40k"),
     ("table6_gamma2_8.sh", {}, "table6_gamma2_8", "table6_gamma2_8_qwen2.5-math-1.5b",

@@ -241,6 +241,32 @@ def test_keep_gated_rollouts_forces_alpha_one_on_gated_questions():
 def test_defaults_are_the_papers_qwen_setting():
     cfg = GateConfig.from_mapping(None)
     assert (cfg.strategy, cfg.gamma, cfg.placement, cfg.keep_gated_rollouts) == ("switch", 0.0, "replace", False)
+    assert cfg.demo_arms == ("demo",)
+
+
+@pytest.mark.parametrize(
+    "value,want",
+    [
+        (["demo"], ("demo",)),
+        (["demo_off"], ("demo_off",)),
+        (["demo", "demo_off"], ("demo", "demo_off")),
+        (["demo_off", "demo"], ("demo", "demo_off")),  # stored in a fixed order
+        ("demo_off", ("demo_off",)),  # a bare string (command line `hpt.gate.demo_arms=demo_off`)
+    ],
+)
+def test_demo_arms_values(value, want):
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.create({"demo_arms": value}))
+    assert GateConfig.from_mapping(node).demo_arms == want
+
+
+def test_keep_gated_rollouts_with_demo_off_needs_no_add_placement():
+    batch = make_rollout_batch(SPEC8, seed=11)
+    cfg = GateConfig.from_mapping({"keep_gated_rollouts": True, "demo_arms": ["demo", "demo_off"], "gamma": 0.25})
+    assert cfg.placement == "replace"
+    _, alpha, beta = gate(batch, strategy="switch", gamma=2 / 8, keep_gated_rollouts=True, demo_arms=("demo_off",))
+    assert beta.tolist() == [1, 1, 1, 0, 0, 0] and alpha.tolist() == [1] * 6
 
 
 def test_from_mapping_accepts_an_omegaconf_container():
@@ -271,6 +297,12 @@ def test_from_mapping_accepts_an_omegaconf_container():
         ({"gama": 0.25}, r"hpt\.gate: unknown key\(s\) \['gama'\]"),
         ({"placement": "mix"}, r"hpt\.gate\.placement='mix' is not one of"),
         ({"keep_gated_rollouts": True}, r"hpt\.gate\.keep_gated_rollouts=true needs placement=add"),
+        ({"keep_gated_rollouts": True, "demo_arms": ["demo"]},
+         r"keep_gated_rollouts=true needs placement=add or 'demo_off' in hpt\.gate\.demo_arms"),
+        ({"demo_arms": []}, r"hpt\.gate\.demo_arms=\[\] must be a non-empty list"),
+        ({"demo_arms": ["sft"]}, r"hpt\.gate\.demo_arms=\['sft'\] must be a non-empty list of distinct values"),
+        ({"demo_arms": ["demo", "demo"]}, r"hpt\.gate\.demo_arms=\['demo', 'demo'\]"),
+        ({"demo_arms": 1}, r"hpt\.gate\.demo_arms=1 must be a list"),
         ({"strategy": "fixed", "fixed_alpha": -1.0}, r"hpt\.gate: fixed_alpha/fixed_beta must be >= 0"),
     ],
 )

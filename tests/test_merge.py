@@ -60,7 +60,7 @@ def run_gate_and_merge(batch, cfg: GateConfig, demo_len=None, demo_scores=None, 
     demo_len = demo_len or [3 + (i % 4) for i in range(q)]
     demo_ids = [demo_tokens(i, demo_len[i]) if beta[i] > 0 else None for i in range(q)]
     merged, mstats = merge_demonstrations(batch, stats, alpha, beta, demo_ids, PAD_ID, placement=cfg.placement,
-                                          demo_scores=demo_scores, demo_extra=demo_extra)
+                                          demo_scores=demo_scores, demo_extra=demo_extra, demo_arms=cfg.demo_arms)
     return merged, mstats, stats, alpha, beta, demo_ids
 
 
@@ -203,6 +203,106 @@ def test_add_placement_with_kept_rollouts_joins_the_group():
     np.testing.assert_allclose(seq_adv[:5].numpy(), [-0.2, -0.2, -0.2, -0.2, 0.8], atol=1e-6)
 
 
+def _mix_on(spec, seed, **gate):
+    cfg = GateConfig(gamma=0.0, demo_arms=("demo", "demo_off"), **gate)
+    batch = make_rollout_batch(spec, seed=seed)
+    return batch, run_gate_and_merge(batch, cfg, demo_scores=[1.0] * len(spec),
+                                     demo_extra={"acc": [0.5 + q for q in range(len(spec))]})
+
+
+def test_demo_arms_both_give_two_demo_rows_per_gated_question():
+    # q0 and q2 have no correct rollout (gated at γ = 0), q1 has 2 of 4 correct
+    batch, (merged, mstats, stats, alpha, beta, demo_ids) = _mix_on([(4, 0), (4, 2), (3, 0)], seed=6,
+                                                                      keep_gated_rollouts=True)
+    assert merged.non_tensor_batch["uid"].tolist() == (["uid-0"] * 4 + ["uid-0::demo", "uid-0"] + ["uid-1"] * 4
+                                                       + ["uid-2"] * 3 + ["uid-2::demo", "uid-2"])  # fmt: skip
+    assert merged.batch[IS_DEMO].tolist() == [0] * 4 + [1, 2] + [0] * 4 + [0] * 3 + [1, 2]
+    assert merged.batch[ROW_WEIGHT].tolist() == [1.0] * 15  # kept rollouts at α = 1, demos at β = 1
+    assert (mstats.num_questions, mstats.num_gated, mstats.num_rl) == (3, 2, 3)
+    assert (mstats.rollout_rows, mstats.demo_rows, mstats.demo_off_rows) == (11, 4, 2)
+    # the two rows of a demonstration are the same sequence (tokens, masks, positions, score, extras)
+    for sft_row, off_row, q in ((4, 5, 0), (13, 14, 2)):
+        for key in merged.batch.keys():
+            if key != IS_DEMO:
+                assert torch.equal(merged.batch[key][sft_row], merged.batch[key][off_row]), key
+        assert merged.batch["responses"][sft_row][: len(demo_ids[q])].tolist() == demo_ids[q]
+        assert merged.non_tensor_batch["acc"][sft_row] == merged.non_tensor_batch["acc"][off_row] == 0.5 + q
+        assert merged.non_tensor_batch["extra_info"][off_row] == batch.non_tensor_batch["extra_info"][stats.first_row[q]]
+    # GRPO (no std): the demo_off row is in its question's group (4 failed rollouts + demo: mean 0.2),
+    # the SFT row is a group of its own (verl: mean 0 for a single row, so Â = its score)
+    adv, _ = compute_grpo_outcome_advantage(merged.batch["rm_scores"], merged.batch["response_mask"],
+                                            merged.non_tensor_batch["uid"], norm_adv_by_std_in_grpo=False)
+    seq_adv = adv.sum(-1) / merged.batch["response_mask"].sum(-1)
+    np.testing.assert_allclose(seq_adv[:6].numpy(), [-0.2] * 4 + [1.0, 0.8], atol=1e-6)
+    np.testing.assert_allclose(seq_adv[10:].numpy(), [-0.25] * 3 + [1.0, 0.75], atol=1e-6)
+
+
+def test_demo_arms_off_only_and_without_kept_rollouts():
+    spec = [(4, 0), (4, 3)]
+    batch = make_rollout_batch(spec, seed=9)
+    cfg = GateConfig(demo_arms=("demo_off",), keep_gated_rollouts=True)
+    merged, mstats, *_ = run_gate_and_merge(batch, cfg, demo_scores=[1.0, 1.0])
+    assert merged.non_tensor_batch["uid"].tolist() == ["uid-0"] * 5 + ["uid-1"] * 4
+    assert merged.batch[IS_DEMO].tolist() == [0] * 4 + [2] + [0] * 4
+    assert (mstats.demo_rows, mstats.demo_off_rows) == (1, 1)
+    # without kept rollouts the demo_off row is alone in its group (the release's off_sft reading)
+    merged, mstats, *_ = run_gate_and_merge(batch, GateConfig(demo_arms=("demo_off",)), demo_scores=[1.0, 1.0])
+    assert merged.non_tensor_batch["uid"].tolist() == ["uid-0"] + ["uid-1"] * 4
+    assert merged.batch[IS_DEMO].tolist() == [2] + [0] * 4
+    # Mix/ON without kept rollouts: both demonstration rows, no rollouts of the gated question
+    _, (merged, mstats, *_r) = _mix_on(spec, seed=9)
+    assert merged.non_tensor_batch["uid"].tolist() == ["uid-0::demo", "uid-0"] + ["uid-1"] * 4
+    assert merged.batch[IS_DEMO].tolist() == [1, 2] + [0] * 4
+    # placement=add only changes the demo row's uid; the demo_off row always joins the group
+    _, (merged, *_r) = _mix_on(spec, seed=9, placement="add")
+    assert merged.non_tensor_batch["uid"].tolist() == ["uid-0", "uid-0"] + ["uid-1"] * 4
+
+
+def test_demo_arms_default_is_one_demo_row():
+    batch = make_rollout_batch([(4, 0), (4, 3)], seed=9)
+    stats = question_stats(batch.non_tensor_batch["uid"], sequence_scores(batch))
+    alpha, beta = gate_by_pass_rate(stats.correct, stats.n, GateConfig())
+    merged, mstats = merge_demonstrations(batch, stats, alpha, beta, [demo_tokens(0, 3), None], PAD_ID)
+    assert merged.batch[IS_DEMO].tolist() == [1] + [0] * 4 and mstats.demo_off_rows == 0
+    for bad in ((), ("sft",), ("demo", "demo"), "demo"):
+        with pytest.raises(ValueError, match="demo_arms"):
+            merge_demonstrations(batch, stats, alpha, beta, [demo_tokens(0, 3), None], PAD_ID, demo_arms=bad)
+    with pytest.raises(ValueError, match="placement='mix'"):
+        merge_demonstrations(batch, stats, alpha, beta, [demo_tokens(0, 3), None], PAD_ID, placement="mix")
+
+
+def test_mix_on_batch_through_the_actor_loss_is_the_sum_of_its_arms():
+    """Merge → GRPO → hpt_actor_loss with hpt_release_off: the gradient equals each arm's loss
+    written by hand on the rows the merge flagged for it (SFT rows token mean × coef, off rows
+    −Â·p/(p+0.1) Σ/8192, rollouts −Â·ratio Σ/8192)."""
+    policy = TinyPolicy(seed=2)
+    upge = preset("hpt_release_off")
+    loss_fn = functools.partial(hpt_actor_loss, config=actor_config(entropy_coeff=0.0), upge=upge)
+    batch = training_batch("hpt_release_off", policy)
+    assert sorted(set(batch.batch[IS_DEMO].tolist())) == [0.0, 1.0, 2.0]
+    got = actor_gradient(policy, copy.deepcopy(batch), loss_fn, len(batch), 1, False)
+
+    td = left_right_2_no_padding(batch.to_tensordict())
+    logp = no_padding_2_padding(policy.model_output(td, False)["log_probs"], td)
+    m = batch.batch["response_mask"].bool()
+    kind = batch.batch[IS_DEMO]
+    A, old = batch.batch["advantages"], batch.batch["old_log_probs"]
+    # micro-token-mean: one SFT mean per micro-batch of MICRO rows that holds demo rows
+    sft = 0.0
+    for start in range(0, len(batch), MICRO):
+        rows = torch.arange(start, min(start + MICRO, len(batch)))
+        mm = m[rows] & (kind[rows] == 1).unsqueeze(-1)
+        if mm.any():
+            sft = sft + (-logp[rows] * mm).sum() / mm.sum()
+    rl = (-A * torch.exp(logp - old) * (m & (kind == 0).unsqueeze(-1))).sum() / 8192
+    p = logp.exp()
+    off = (-A * p / (p + 0.1) * (m & (kind == 2).unsqueeze(-1))).sum() / 8192
+    g_off = torch.autograd.grad(off, policy.params, retain_graph=True)
+    assert max(g.abs().max().item() for g in g_off) > 1e-6  # the off arm is part of the check
+    want = torch.autograd.grad(rl + upge.demo.coef * sft + off, policy.params)
+    _assert_same_grads(want, got)
+
+
 def test_gated_question_without_demonstration_raises():
     batch = make_rollout_batch([(4, 1), (4, 0)], seed=5)
     stats = question_stats(batch.non_tensor_batch["uid"], sequence_scores(batch))
@@ -293,7 +393,7 @@ def test_pad_rows_are_inert_copies_with_their_own_uids():
     assert (pad["response_mask"] == 0).all() and pad[ROW_WEIGHT] == 0.0
     assert (pad["rm_scores"] == 0).all()
     assert torch.equal(pad["input_ids"], before["input_ids"][14])  # a copy of the last row otherwise
-    assert padded.non_tensor_batch["uid"][15] == f"{PAD_UID_PREFIX}0"
+    assert padded.non_tensor_batch["uid"][15] == f"{PAD_UID_PREFIX}15"  # position-based: passes never collide
 
     padded, n_pad = pad_with_zero_weight_rows(merged, 6)
     assert n_pad == 3 and len(padded) == 18
@@ -408,6 +508,8 @@ def _gate_for(name):
         return GateConfig(strategy="never")
     if name in ("luffy", "srft"):  # off-policy demonstrations join the rollout group
         return GateConfig(gamma=0.25, placement="add", keep_gated_rollouts=True)
+    if upge.demo_off is not None:  # Mix/ON: an SFT row of its own and an off-policy row in the group
+        return GateConfig(gamma=0.25, keep_gated_rollouts=True, demo_arms=("demo", "demo_off"))
     return GateConfig(gamma=0.25)
 
 
@@ -415,8 +517,9 @@ def training_batch(name, policy, seed=31):
     """Rollout → gate → merge → GRPO advantages → old log-probs: the batch _update_actor receives.
 
     Rows: 10 (demo, 4 rollouts, demo, 4 rollouts) for the two-arm methods with replace placement,
-    18 with add placement and kept rollouts, 4 demo rows for SFT, 12 rollouts for the RL-only methods;
-    padded to a multiple of 8, each leaves a last micro-batch of padding rows only.
+    18 with add placement and kept rollouts, 20 (two demonstration rows per gated question) for the
+    three-arm hpt_release_off, 4 demo rows for SFT, 12 rollouts for the RL-only methods; padded to a
+    multiple of 8, each leaves a last micro-batch of padding rows only.
     """
     spec = [(4, 0), (4, 2), (4, 1), (4, 3)]  # γ = 1/4 gates q0 and q2
     if preset(name).demo is None:
@@ -490,7 +593,8 @@ def test_padding_rows_do_not_change_the_gradient(name, entropy_coeff):
     got = actor_gradient(policy, padded, loss_fn, len(padded), 1, with_entropy)
     _assert_same_grads(want, got)
 
-    if name != "hpt_release":  # the release's per-micro-batch SFT mean depends on the rank split on purpose
+    if preset(name).demo is None or preset(name).demo.agg != "micro-token-mean":
+        # (the release's per-micro-batch SFT mean depends on the rank split on purpose)
         got_dp2 = actor_gradient(policy, copy.deepcopy(padded), loss_fn, len(padded), 2, with_entropy)
         want_dp2 = actor_gradient(policy, copy.deepcopy(real), loss_fn, len(real), 2, with_entropy)
         _assert_same_grads(want_dp2, got_dp2)

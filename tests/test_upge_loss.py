@@ -83,7 +83,7 @@ class Batch:
     different sub-batches land in one tensor and can be added.
     """
 
-    def __init__(self, n_rows, seed, demo=(), pad=(), prompt_len=4, resp_len=7, vocab=11, drift=None):
+    def __init__(self, n_rows, seed, demo=(), pad=(), prompt_len=4, resp_len=7, vocab=11, drift=None, demo_off=()):
         g = torch.Generator().manual_seed(seed)
         P, R, L = prompt_len, resp_len, prompt_len + resp_len
         self.B, self.P, self.R = n_rows, P, R
@@ -107,6 +107,7 @@ class Batch:
             self.advantages = torch.randn(n_rows, 1, generator=g, dtype=DT).expand(n_rows, R) * self.response_mask
         self.is_demo = torch.zeros(n_rows, dtype=DT)
         self.is_demo[list(demo)] = 1.0
+        self.is_demo[list(demo_off)] = 2.0
         self.row_weight = torch.ones(n_rows, dtype=DT)
         self.row_weight[list(pad)] = 0.0
 
@@ -229,8 +230,14 @@ def masked(batch, rows):
 ROLLOUT_ROWS = list(range(6))
 
 
+def _arm_rows(batch, arm):
+    """Rows of one arm: hpt_is_demo 0 rollout, 1 demo, 2 demo_off."""
+    code = {"rollout": 0.0, "demo": 1.0, "demo_off": 2.0}[arm]
+    return [i for i in range(batch.B) if batch.is_demo[i] == code]
+
+
 def _rows(batch, demo):
-    return [i for i in range(batch.B) if (batch.is_demo[i] > 0) == demo]
+    return _arm_rows(batch, "demo" if demo else "rollout")
 
 
 def reference_loss(name, batch):
@@ -273,6 +280,10 @@ def reference_loss(name, batch):
         return const_len_sum(-A * logp_all, ro) + const_len_sum(-A * logp_all.exp(), de)
     if name in ("hpt_release", "hpt_release_global"):
         return const_len_sum(on_policy, ro) + nll_token_mean(de)
+    if name == "hpt_release_off":
+        p = logp_all.exp()
+        off = _arm_rows(batch, "demo_off")
+        return const_len_sum(on_policy, ro) + nll_token_mean(de) + const_len_sum(-A * p / (p + 0.1), off)
     if name == "hpt_paper":
         rl = verl_policy_loss("vanilla", batch, ro, "seq-mean-token-sum", clip_ratio_c=1e12)  # no dual clip
         m = masked(batch, de)
@@ -284,9 +295,11 @@ def reference_loss(name, batch):
 def preset_batch(name, seed=0):
     cfg = preset(name)
     n = 9
-    demo = []
+    demo, demo_off = [], []
     if cfg.demo is not None:
         demo = list(range(n)) if cfg.rollout is None else [1, 4, 7]
+    if cfg.demo_off is not None:
+        demo_off = [2, 5]
     drift = None
     if name in ("ppo", "grpo", "dr_grpo", "hpt_paper"):
         # large enough drift for ratios beyond 1±0.2 and beyond the dual clip c=3
@@ -294,13 +307,13 @@ def preset_batch(name, seed=0):
     if name == "gspo":
         # GSPO's ε=3e-4 clips almost every sequence at drift 0.6: mix near-on-policy rows in.
         drift = torch.tensor([1e-5, 0.3, 1e-5, 1e-5, 0.3, 1e-5, 0.3, 1e-5, 1e-5], dtype=DT)
-    return Batch(n, seed, demo=demo, drift=drift)
+    return Batch(n, seed, demo=demo, demo_off=demo_off, drift=drift)
 
 
 def test_every_preset_has_a_reference():
     assert set(PRESETS) == {
         "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft",
-        "hpt_release", "hpt_release_global", "hpt_paper",
+        "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off",
     }  # fmt: skip
 
 
@@ -415,6 +428,100 @@ def test_absent_arm_with_rows_raises():
     batch = Batch(4, seed=2, demo=[1])
     with pytest.raises(ValueError, match=r"hpt\.loss\.demo is null"):
         run_loss(batch, upge_loss_fn(preset("grpo")), batch.tensordict(), one_micro(batch))
+
+
+# ------------------------------------------------------------------------ three arms: demo_off
+
+# A three-arm method whose every aggregation needs its own arm's global totals (so the split
+# invariance below also checks the demo_off totals): PPO-clipped rollouts (seq-mean-token-mean),
+# SFT demonstrations (token mean, coef 0.3), LUFFY off-policy demonstrations (token mean, γ = 0.1).
+MIX3 = UPGELossConfig(
+    rollout=UPGEArmConfig(stable="ppo_clip", clip_c=3.0, ref="old", adv="batch", agg="seq-mean-token-mean"),
+    demo=UPGEArmConfig(stable="none", ref="self", adv="one", agg="token-mean", coef=0.3),
+    demo_off=UPGEArmConfig(stable="none", ref="one", adv="batch", shaping_gamma=0.1, agg="token-mean", coef=1.5),
+)
+
+
+def _mix3_references(batch):
+    """Each arm's loss written independently of verl_ext.loss, on its own rows: (rollout, demo, demo_off)."""
+    logp = batch.response_log_prob()
+    ro, de, off = (_arm_rows(batch, a) for a in ("rollout", "demo", "demo_off"))
+    rl = verl_policy_loss("vanilla", batch, ro, "seq-mean-token-mean")  # ppo clip 0.2, dual clip 3
+    m_de, m_off = masked(batch, de), masked(batch, off)
+    sft = 0.3 * -(logp[de] * m_de).sum() / m_de.sum()
+    p = logp[off].exp()
+    off_term = 1.5 * (-batch.advantages[off] * p / (p + 0.1) * m_off).sum() / m_off.sum()
+    return rl, sft, off_term
+
+
+def test_three_arm_batch_is_the_sum_of_independent_references_for_any_split_and_dp():
+    # rows 0..9: rollouts, demo (SFT) rows 1, 4, 8, demo_off rows 2, 5, 6; drift large enough to clip
+    batch = Batch(10, seed=41, demo=[1, 4, 8], demo_off=[2, 5, 6], drift=torch.full((10,), 1.2, dtype=DT))
+    refs = _mix3_references(batch)
+    for ref in refs:  # each arm contributes: a missing arm would be detected
+        assert grad(ref, batch).abs().max() > 1e-4
+    g_want = grad(sum(refs), batch)
+    fn = upge_loss_fn(MIX3)
+    loss, metrics = run_loss(batch, fn, batch.tensordict(), one_micro(batch))
+    assert_grad_close(g_want, grad(loss, batch))
+    assert metrics[0]["hpt/rl/clipfrac"].aggregate() > 0.0  # the PPO clip is exercised
+
+    # verl-style micro-batch splits: uneven, reordered, one arm per micro-batch, arms mixed
+    rows = {a: _arm_rows(batch, a) for a in ("rollout", "demo", "demo_off")}
+    for split in ([[0, 1, 2], [3, 4, 5, 6, 7, 8, 9]], [[9, 2], [5, 0, 8], [1, 6, 4, 3, 7]],
+                  [rows["rollout"], rows["demo"], rows["demo_off"]], [[i] for i in range(10)]):  # fmt: skip
+        loss, _ = run_loss(batch, fn, batch.tensordict(), [split])
+        assert_grad_close(g_want, grad(loss, batch))
+
+    # two DP ranks: contiguous halves, totals over both ranks, gradients averaged by FSDP
+    td = batch.tensordict(mini_batch_size=10, dp_size=2)
+    loss, _ = run_loss(batch, fn, td, [[[0, 1], [2, 3, 4]], [[5, 6, 7], [8, 9]]], dp_size=2, n_ranks=2)
+    assert_grad_close(g_want, grad(loss, batch))
+
+
+def test_three_arm_metrics_per_arm():
+    batch = Batch(10, seed=43, demo=[1, 4, 8], demo_off=[2, 5, 6])
+    split = [[[0, 3], [1, 4, 8], [2, 5, 6, 7, 9]]]  # a micro-batch without demo_off rows, one without rollouts
+    _, metrics = run_loss(batch, upge_loss_fn(MIX3), batch.tensordict(), split)
+    keys = set(metrics[0])
+    assert all(set(m) == keys for m in metrics)
+    agg = {k: Metric.aggregate_dp([_collect(metrics, k)]) for k in keys}
+    rl, sft, off = (r.item() for r in _mix3_references(batch))
+    assert abs(agg["hpt/rl/pg_loss"] - rl) < 1e-9
+    assert abs(agg["hpt/sft/loss"] - sft) < 1e-9
+    assert abs(agg["hpt/off/pg_loss"] - off) < 1e-9
+    assert abs(agg["actor/pg_loss"] - (rl + sft + off)) < 1e-9
+    m = batch.response_mask.bool()
+    off_rows = _arm_rows(batch, "demo_off")
+    p = batch.response_log_prob().detach()[off_rows][m[off_rows]].exp()
+    assert abs(agg["hpt/off/ratio_mean"] - p.mean().item()) < 1e-9  # π_ref ≡ 1: the ratio is p
+    demo_rows = _arm_rows(batch, "demo") + off_rows
+    assert abs(agg["hpt/demo_token_share"] - m[demo_rows].sum().item() / m.sum().item()) < 1e-12
+    # the rollout arm's verl aliases are not polluted by the demo_off arm
+    assert agg["actor/pg_clipfrac"] == agg["hpt/rl/clipfrac"]
+
+
+def test_two_arm_preset_has_no_off_metrics_and_rejects_demo_off_rows():
+    batch = Batch(6, seed=45, demo=[1])
+    _, metrics = run_loss(batch, upge_loss_fn(preset("hpt_release_global")), batch.tensordict(), one_micro(batch))
+    assert not any(k.startswith("hpt/off/") for k in metrics[0])
+    batch = Batch(6, seed=45, demo=[1], demo_off=[3])
+    with pytest.raises(ValueError, match=r"hpt\.loss\.demo_off is null but the micro-batch has 1 live demo_off rows"):
+        run_loss(batch, upge_loss_fn(preset("hpt_release_global")), batch.tensordict(), one_micro(batch))
+    # a padding row (weight 0) of the absent arm is fine
+    batch = Batch(6, seed=45, demo=[1], demo_off=[3], pad=[3])
+    run_loss(batch, upge_loss_fn(preset("hpt_release_global")), batch.tensordict(), one_micro(batch))
+
+
+@pytest.mark.parametrize("value", [0.5, 3.0, -1.0, float("nan")])
+def test_unknown_row_kind_raises(value):
+    batch = Batch(4, seed=47, demo=[1])
+    batch.is_demo[2] = value
+    with pytest.raises(ValueError, match=r"hpt_is_demo holds .*must be 0\.0 \(rollout\), 1\.0 \(demo\) or 2\.0"):
+        batch.tensordict()  # annotate_arm_token_counts reads it first
+    td = batch.tensordict(totals=False)
+    with pytest.raises(ValueError, match=r"hpt_is_demo holds"):
+        run_loss(batch, upge_loss_fn(MIX3), td, one_micro(batch))
 
 
 # ------------------------------------------------------------------------------------ padding rows
@@ -540,7 +647,17 @@ def test_annotate_counts_per_arm_per_mini_batch():
     assert td["hpt_demo_tokens_total"].tolist() == [1, 1, 2, 2]
     assert td["hpt_rollout_seqs_total"].tolist() == [1, 1, 0, 0]
     assert td["hpt_demo_seqs_total"].tolist() == [1, 1, 1, 1]
-    assert set(ALL_TOTAL_KEYS) <= set(td.keys())
+    assert td["hpt_demo_off_tokens_total"].tolist() == [0] * 4
+    assert td["hpt_demo_off_seqs_total"].tolist() == [0] * 4
+    assert set(ALL_TOTAL_KEYS) <= set(td.keys()) and len(ALL_TOTAL_KEYS) == 6
+
+    # demo_off rows (hpt_is_demo = 2) have totals of their own; demo rows are not counted in them
+    td["hpt_is_demo"] = torch.tensor([2.0, 1.0, 2.0, 2.0])
+    annotate_arm_token_counts(td, mini_batch_size=2, dp_size=1)
+    assert td["hpt_demo_off_tokens_total"].tolist() == [2, 2, 2, 2]  # row 2 has weight 0
+    assert td["hpt_demo_off_seqs_total"].tolist() == [1, 1, 1, 1]
+    assert td["hpt_demo_tokens_total"].tolist() == [1, 1, 0, 0]
+    assert td["hpt_rollout_tokens_total"].tolist() == [0] * 4
 
 
 def test_annotate_accepts_dataproto_and_a_dp_group(tmp_path):
@@ -619,25 +736,37 @@ def test_luffy_shaping_formula_on_the_pure_function():
 # ----------------------------------------------------------------------------------------- config
 
 
+def _arm(**fields):
+    """An arm node with the required fields (ref, adv, agg) set, plus ``fields``."""
+    return {"ref": "old", "adv": "batch", "agg": "token-mean", **fields}
+
+
 @pytest.mark.parametrize(
     "node,message",
     [
-        ({"demo": {"ref": "foo"}}, r"hpt\.loss\.demo\.ref='foo' is not one of"),
+        ({"demo": _arm(ref="foo")}, r"hpt\.loss\.demo\.ref='foo' is not one of"),
         ({"rollout": {"stabel": "none"}}, r"hpt\.loss\.rollout\.stabel is not a known key"),
-        ({"rollout": {"stable": "bogus"}}, r"hpt\.loss\.rollout\.stable='bogus'"),
-        ({"rollout": {"agg": "mean"}}, r"hpt\.loss\.rollout\.agg='mean'"),
-        ({"rollout": {"adv": "gae"}}, r"hpt\.loss\.rollout\.adv='gae'"),
-        ({"rollout": {"stable": "ppo_clip", "clip_c": 1.0}}, r"hpt\.loss\.rollout\.clip_c=1\.0 must be > 1"),
-        ({"rollout": {"stable": "none", "clip_c": 3.0}}, r"hpt\.loss\.rollout\.clip_c=3\.0 is only used"),
-        ({"demo": {"stable": "ppo_clip", "shaping_gamma": 0.1}}, r"hpt\.loss\.demo\.shaping_gamma=0\.1 requires"),
-        ({"demo": {"shaping_gamma": -1.0}}, r"hpt\.loss\.demo\.shaping_gamma=-1\.0 must be > 0"),
-        ({"rollout": {"agg": "const-len", "const_len": 0}}, r"hpt\.loss\.rollout\.const_len=0"),
-        ({"rollout": {"clip_low": 1.5}}, r"hpt\.loss\.rollout\.clip_low=1\.5"),
-        ({"rollout": {"coef": "x"}}, r"hpt\.loss\.rollout\.coef='x' must be a finite number"),
-        ({"rollout": None, "demo": None}, r"at least one of hpt\.loss\.rollout / hpt\.loss\.demo"),
-        ({"rollout": {}, "extra": 1}, r"hpt\.loss\.extra is not a known key"),
-        ({"rollout": {}, "average_over_dp_ranks": "yes"}, r"hpt\.loss\.average_over_dp_ranks='yes'"),
+        ({"rollout": _arm(stable="bogus")}, r"hpt\.loss\.rollout\.stable='bogus'"),
+        ({"rollout": _arm(agg="mean")}, r"hpt\.loss\.rollout\.agg='mean'"),
+        ({"rollout": _arm(adv="gae")}, r"hpt\.loss\.rollout\.adv='gae'"),
+        ({"rollout": _arm(stable="ppo_clip", clip_c=1.0)}, r"hpt\.loss\.rollout\.clip_c=1\.0 must be > 1"),
+        ({"rollout": _arm(stable="none", clip_c=3.0)}, r"hpt\.loss\.rollout\.clip_c=3\.0 is only used"),
+        ({"demo": _arm(stable="ppo_clip", shaping_gamma=0.1)}, r"hpt\.loss\.demo\.shaping_gamma=0\.1 requires"),
+        ({"demo": _arm(shaping_gamma=-1.0)}, r"hpt\.loss\.demo\.shaping_gamma=-1\.0 must be > 0"),
+        ({"rollout": _arm(agg="const-len", const_len=0)}, r"hpt\.loss\.rollout\.const_len=0"),
+        ({"rollout": _arm(clip_low=1.5)}, r"hpt\.loss\.rollout\.clip_low=1\.5"),
+        ({"rollout": _arm(coef="x")}, r"hpt\.loss\.rollout\.coef='x' must be a finite number"),
+        ({"rollout": None, "demo": None}, r"at least one of hpt\.loss\.rollout / hpt\.loss\.demo / hpt\.loss\.demo_off"),
+        ({"rollout": _arm(), "extra": 1}, r"hpt\.loss\.extra is not a known key"),
+        ({"rollout": _arm(), "average_over_dp_ranks": "yes"}, r"hpt\.loss\.average_over_dp_ranks='yes'"),
         ({"rollout": [1, 2]}, r"hpt\.loss\.rollout must be a mapping"),
+        ({"demo_off": _arm(ref="bar")}, r"hpt\.loss\.demo_off\.ref='bar' is not one of"),
+        ({"demo_off": _arm(shaping_gamma=0.0)}, r"hpt\.loss\.demo_off\.shaping_gamma=0\.0 must be > 0"),
+        # partial arms: a leftover `coef` (or any subset without ref/adv/agg) names the missing key
+        ({"rollout": _arm(), "demo": {"coef": 0.3}}, r"hpt\.loss\.demo\.ref is not set"),
+        ({"rollout": {"ref": "old", "agg": "token-mean"}}, r"hpt\.loss\.rollout\.adv is not set"),
+        ({"demo_off": {"ref": "one", "adv": "batch", "shaping_gamma": 0.1}}, r"hpt\.loss\.demo_off\.agg is not set"),
+        ({"rollout": {}}, r"hpt\.loss\.rollout\.ref is not set"),
     ],
 )
 def test_bad_config_names_the_field(node, message):

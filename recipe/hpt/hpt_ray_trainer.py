@@ -38,6 +38,7 @@ hook 1. The constructor refuses a config without it.
 from __future__ import annotations
 
 import json
+import time
 import logging
 import os
 from collections import Counter
@@ -97,6 +98,14 @@ class RayHPTTrainer(RayPPOTrainer):
 
     # ------------------------------------------------------------------ hook 1: gate + merge
     def _balance_batch(self, batch: DataProto, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        # HPT's bookkeeping (gate, merge, padding and verl's balancing) timed as one phase, so its
+        # share of the step (timing_s/step) is measured in the same run (scripts/bench).
+        t0 = time.perf_counter()
+        out = self._hpt_balance_batch(batch, metrics, logging_prefix, keep_minibatch)
+        metrics["timing_s/hpt_bookkeeping"] = time.perf_counter() - t0
+        return out
+
+    def _hpt_balance_batch(self, batch: DataProto, metrics, logging_prefix, keep_minibatch):
         if not self._data_metrics_logged and self.data_report is not None:
             metrics.update(self.data_report.metrics())
             self._data_metrics_logged = True
@@ -141,7 +150,7 @@ class RayHPTTrainer(RayPPOTrainer):
                     demo_extra[key][q] = s.get(key, demo_scores[q])
         merged, mstats = merge_demonstrations(
             batch, stats, alpha, beta, demo_ids, self._pad_token_id(), placement=cfg.placement,
-            demo_scores=demo_scores, demo_extra=demo_extra)
+            demo_scores=demo_scores, demo_extra=demo_extra, demo_arms=cfg.demo_arms)
         if mstats.demo_rows and "rollout_log_probs" in merged.batch.keys():
             # Demonstrations were not sampled by the rollout engine: there is no rollout
             # log-prob to compare with (verl only uses it for mismatch metrics / IS correction).

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Table 5, "OFF/ON" (paper: ID avg 38.1; model believed Qwen2.5-Math-1.5B): configs/exp/table5_off_on.yaml.
-# "SFT/ON" is the HPT 1.5B run (hpt_qwen1_5b.sh). "Mix/ON" has no script: it needs a second
-# demonstration loss arm that the UPGE loss does not have (configs/exp/table5_mix_on.yaml).
+# "SFT/ON" is the HPT 1.5B run (hpt_qwen1_5b.sh); "Mix/ON" is table5_mix_on.sh.
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail
 MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-1.5B}

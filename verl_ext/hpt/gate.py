@@ -17,6 +17,16 @@ Strategies (``hpt.gate.strategy``):
 
 A rollout counts as correct when its score is >= ``correct_threshold`` (the release counts
 reward == 1 exactly, which is the same for a binary verifier).
+
+Which demonstration rows a question with β > 0 gets (``hpt.gate.demo_arms``, the merge builds
+them; each row is trained by the ``hpt.loss`` arm of the same name):
+
+- ``demo``      one row, ``hpt_is_demo`` = 1; its uid follows ``placement`` (replace: own uid,
+                add: the question's uid, joining the rollout group). HPT's SFT row; the LUFFY/SRFT
+                presets train this row with their off-policy term (placement add).
+- ``demo_off``  one row, ``hpt_is_demo`` = 2, always with the question's uid: it joins the
+                rollout group, so verl's GRPO advantage is taken over rollouts ∪ demonstration.
+- ``[demo, demo_off]``  both rows (Table 5's Mix/ON: SFT + off-policy RL on one demonstration).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import numpy as np
 
 STRATEGIES = ("switch", "soft", "fixed", "always", "never")
 PLACEMENTS = ("replace", "add")
+DEMO_ARMS = ("demo", "demo_off")
 SOFT_FUNCTIONS = ("linear",)
 
 
@@ -43,8 +54,13 @@ class GateConfig:
       release: a gated question's n rollouts are replaced by one SFT row when α = 0);
       ``add`` — the demonstration joins the question's rollout group as an off-policy sample
       (LUFFY/SRFT style: GRPO's group statistics then include it).
-    keep_gated_rollouts: in ``add`` placement, keep the rollouts of a gated question (α forced to
-      1 for them) so the demonstration has a group to be compared with (Table 5's OFF/ON).
+      ``placement`` applies to the ``demo`` row only.
+    keep_gated_rollouts: keep the rollouts of a gated question (α forced to 1 for them) so a
+      demonstration in the question's group has rollouts to be compared with (Table 5's OFF/ON and
+      Mix/ON). Needs a demonstration row in the group: ``placement=add`` or ``demo_off`` in
+      ``demo_arms``.
+    demo_arms: the demonstration rows of a gated question, a non-empty subset of
+      ``("demo", "demo_off")`` (module docstring); stored in that order. Default ``("demo",)``.
     """
 
     strategy: str = "switch"
@@ -56,6 +72,7 @@ class GateConfig:
     fixed_alpha: float = 1.0
     fixed_beta: float = 1.0
     correct_threshold: float = 1.0
+    demo_arms: tuple[str, ...] = ("demo",)
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None, path: str = "hpt.gate") -> "GateConfig":
@@ -67,6 +84,8 @@ class GateConfig:
         for key in ("gamma", "fixed_alpha", "fixed_beta", "correct_threshold"):
             if key in node:
                 node[key] = _number(f"{path}.{key}", node[key])
+        if "demo_arms" in node:
+            node["demo_arms"] = _demo_arms(f"{path}.demo_arms", node["demo_arms"])
         if node.get("soft_table") is not None:
             node["soft_table"] = tuple(
                 tuple(_number(f"{path}.soft_table[{i}]", x) for x in row) for i, row in enumerate(node["soft_table"]))
@@ -91,12 +110,28 @@ class GateConfig:
                     raise GateConfigError(f"{path}.soft_table[{i}]={list(row)} must be [alpha, beta] with both >= 0")
         if self.strategy == "fixed" and (self.fixed_alpha < 0 or self.fixed_beta < 0):
             raise GateConfigError(f"{path}: fixed_alpha/fixed_beta must be >= 0")
-        if self.keep_gated_rollouts and self.placement != "add":
-            raise GateConfigError(f"{path}.keep_gated_rollouts=true needs placement=add")
+        arms = _demo_arms(f"{path}.demo_arms", self.demo_arms)
+        if self.keep_gated_rollouts and self.placement != "add" and "demo_off" not in arms:
+            raise GateConfigError(
+                f"{path}.keep_gated_rollouts=true needs placement=add or 'demo_off' in {path}.demo_arms "
+                f"(a demonstration row in the question's group)")
 
     @property
     def needs_rollouts(self) -> bool:
         return self.strategy != "always"
+
+
+def _demo_arms(path: str, value: Any) -> tuple:
+    """``demo_arms`` as a tuple in ``DEMO_ARMS`` order; a bare string is one arm."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise GateConfigError(f"{path}={value!r} must be a list, e.g. [demo] or [demo, demo_off]")
+    unknown = [v for v in value if v not in DEMO_ARMS]
+    if unknown or not value or len(set(value)) != len(value):
+        raise GateConfigError(
+            f"{path}={list(value)} must be a non-empty list of distinct values from {list(DEMO_ARMS)}")
+    return tuple(a for a in DEMO_ARMS if a in value)
 
 
 def _number(path: str, value: Any) -> float:

@@ -7,11 +7,17 @@ Operates on verl ``DataProto`` batches as they are inside ``RayPPOTrainer.fit`` 
 ``rollout_log_probs`` (B,R); non-tensors ``uid``, ``extra_info`` ... per row.
 
 Per question q with weights (α_q, β_q) from :mod:`verl_ext.hpt.gate`, the merged batch holds, in
-question order: q's rollout rows if α_q > 0 (``hpt_row_weight`` = α_q, ``hpt_is_demo`` = 0), then
-one demonstration row if β_q > 0 (``hpt_row_weight`` = β_q, ``hpt_is_demo`` = 1): the question's
-prompt with the demonstration tokens (+EOS) as the response. With ``placement=replace`` the demo
-row gets its own uid (``<uid>::demo``) so GRPO's group statistics of the rollouts are unchanged;
-with ``placement=add`` it keeps the question's uid and joins the group (LUFFY/SRFT).
+question order: q's rollout rows if α_q > 0 (``hpt_row_weight`` = α_q, ``hpt_is_demo`` = 0), then,
+if β_q > 0, one demonstration row per entry of ``demo_arms`` (``hpt.gate.demo_arms``), each the
+question's prompt with the demonstration tokens (+EOS) as the response and ``hpt_row_weight`` = β_q:
+
+- ``demo``: ``hpt_is_demo`` = 1 (the loss's ``demo`` arm). With ``placement=replace`` it gets its
+  own uid (``<uid>::demo``) so GRPO's group statistics of the rollouts are unchanged; with
+  ``placement=add`` it keeps the question's uid and joins the group (LUFFY/SRFT).
+- ``demo_off``: ``hpt_is_demo`` = 2 (the loss's ``demo_off`` arm), always the question's uid: it
+  joins the group, so verl's GRPO advantage is over rollouts ∪ demonstration (Table 5 Mix/ON, OFF/ON).
+
+With both, the ``demo`` row comes first. Both rows carry the same tokens, score and extras.
 
 Padding rows (:func:`pad_with_zero_weight_rows`) keep verl's divisibility requirements without
 changing what is learned: each is a copy of a real row with ``response_mask`` = 0 (no loss
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 from verl import DataProto
 
-from verl_ext.hpt.gate import QuestionStats
+from verl_ext.hpt.gate import PLACEMENTS, QuestionStats
 
 IS_DEMO = "hpt_is_demo"
 ROW_WEIGHT = "hpt_row_weight"
@@ -113,23 +119,35 @@ def build_demo_rows(template: DataProto, demo_ids: Sequence[Sequence[int]], pad_
 @dataclass
 class MergeStats:
     num_questions: int
-    num_gated: int  # questions with a demonstration row (β > 0)
+    num_gated: int  # questions with demonstration rows (β > 0)
     num_rl: int  # questions whose rollouts are kept (α > 0)
     rollout_rows: int
-    demo_rows: int
+    demo_rows: int  # all demonstration rows (hpt_is_demo 1 and 2)
     demo_truncated: int = 0
+    demo_off_rows: int = 0  # of which demo_off rows (hpt_is_demo 2)
+
+
+DEMO_CODES = {"demo": 1.0, "demo_off": 2.0}  # hpt_is_demo per demonstration arm (verl_ext.loss.ARM_CODES)
 
 
 def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarray, beta: np.ndarray,
                          demo_ids: Sequence[Optional[Sequence[int]]], pad_token_id: int, placement: str = "replace",
                          demo_scores: Optional[Sequence[float]] = None,
-                         demo_extra: Optional[dict[str, Sequence]] = None) -> tuple[DataProto, MergeStats]:
+                         demo_extra: Optional[dict[str, Sequence]] = None,
+                         demo_arms: Sequence[str] = ("demo",)) -> tuple[DataProto, MergeStats]:
     """Return the merged batch (see module docstring) and counts.
 
     demo_ids[q] must be given for every question with β_q > 0 (None elsewhere). demo_scores[q] is
     the verifier's score of the demonstration (placed in ``rm_scores``); demo_extra maps reward
-    extra keys (e.g. ``acc``) to per-question values for the demo rows.
+    extra keys (e.g. ``acc``) to per-question values for the demo rows. demo_arms: which
+    demonstration rows a gated question gets (``GateConfig.demo_arms``).
     """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement={placement!r} is not one of {list(PLACEMENTS)}")
+    if isinstance(demo_arms, str) or not demo_arms or any(a not in DEMO_CODES for a in demo_arms) \
+            or len(set(demo_arms)) != len(demo_arms):
+        raise ValueError(f"demo_arms={demo_arms!r} must be a non-empty list of distinct values from {list(DEMO_CODES)}")
+    arms = [a for a in DEMO_CODES if a in demo_arms]  # demo row before demo_off row
     q = len(stats.uids)
     alpha = np.asarray(alpha, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
@@ -140,13 +158,13 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
     if missing:
         raise ValueError(f"question(s) {missing[:5]} gated to SFT but have no demonstration")
 
-    pieces: list[tuple[str, int]] = []  # ("roll", row) or ("demo", index into gated)
+    pieces: list[tuple[str, int]] = []  # ("roll", row) or (demo arm, index into gated)
     demo_pos = {int(qi): j for j, qi in enumerate(gated)}
     for qi in range(q):
         if alpha[qi] > 0:
             pieces.extend(("roll", int(r)) for r in stats.rows[qi])
         if beta[qi] > 0:
-            pieces.append(("demo", demo_pos[qi]))
+            pieces.extend((arm, demo_pos[qi]) for arm in arms)
 
     roll_rows = np.asarray([i for kind, i in pieces if kind == "roll"], dtype=np.int64)
     parts = []
@@ -163,29 +181,33 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
         demos = build_demo_rows(template, [demo_ids[i] for i in gated], pad_token_id,
                                 scores=None if demo_scores is None else [demo_scores[i] for i in gated])
         demos.batch[ROW_WEIGHT] = torch.as_tensor(beta[gated], dtype=torch.float32)
-        demos.batch[IS_DEMO] = torch.ones(len(gated), dtype=torch.float32)
-        if placement == "replace":
-            demos.non_tensor_batch["uid"] = np.asarray(
-                [f"{u}{DEMO_UID_SUFFIX}" for u in demos.non_tensor_batch["uid"]], dtype=object)
         for key, values in (demo_extra or {}).items():
             if key in demos.non_tensor_batch:
                 demos.non_tensor_batch[key] = np.asarray([values[i] for i in gated],
                                                          dtype=demos.non_tensor_batch[key].dtype)
-        parts.append(demos)
+        for k, arm in enumerate(arms):
+            rows = demos if k == len(arms) - 1 else demos.select_idxs(np.arange(len(gated)))  # a copy
+            rows.batch[IS_DEMO] = torch.full((len(gated),), DEMO_CODES[arm], dtype=torch.float32)
+            if arm == "demo" and placement == "replace":
+                rows.non_tensor_batch["uid"] = np.asarray(
+                    [f"{u}{DEMO_UID_SUFFIX}" for u in rows.non_tensor_batch["uid"]], dtype=object)
+            parts.append(rows)
     if not parts:
         raise ValueError("HPT gate kept no rows (every question has alpha = beta = 0)")
     merged = DataProto.concat(parts) if len(parts) > 1 else parts[0]
-    # Restore question order: rollouts of q, then q's demonstration.
+    # Restore question order: rollouts of q, then q's demonstration rows (demo, demo_off).
     n_roll = len(roll_rows)
     roll_index = {int(r): k for k, r in enumerate(roll_rows)}
-    order = [roll_index[i] if kind == "roll" else n_roll + i for kind, i in pieces]
+    offset = {arm: n_roll + k * len(gated) for k, arm in enumerate(arms)}
+    order = [roll_index[i] if kind == "roll" else offset[kind] + i for kind, i in pieces]
     merged.reorder(torch.as_tensor(order, dtype=torch.long))
     return merged, MergeStats(
         num_questions=q,
         num_gated=int(len(gated)),
         num_rl=int((alpha > 0).sum()),
         rollout_rows=int(n_roll),
-        demo_rows=int(len(gated)),
+        demo_rows=int(len(gated)) * len(arms),
+        demo_off_rows=int(len(gated)) if "demo_off" in arms else 0,
     )
 
 

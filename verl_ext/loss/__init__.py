@@ -3,7 +3,7 @@
     config.py       UPGEArmConfig / UPGELossConfig, load_upge_config (the ``hpt.loss`` node)
     upge.py         pure tensor functions: per-token surrogate and aggregation of one arm
     batch_keys.py   the per-row keys the trainer supplies; annotate_arm_token_counts
-    actor_loss.py   hpt_actor_loss, the drop-in for verl's ppo_loss (two arms + entropy + KL)
+    actor_loss.py   hpt_actor_loss, the drop-in for verl's ppo_loss (rollout / demo / demo_off arms + entropy + KL)
     policy_loss.py  UPGE rollout arms registered as verl policy losses (``loss_mode=upge_*``)
 
 Importing this package registers the ``upge*`` policy losses in verl's registry.
@@ -13,6 +13,7 @@ from verl_ext.loss import policy_loss as _policy_loss  # noqa: F401  (registers 
 from verl_ext.loss.actor_loss import hpt_actor_loss
 from verl_ext.loss.batch_keys import (
     ALL_TOTAL_KEYS,
+    ARM_CODES,
     HPT_IS_DEMO,
     HPT_ROW_WEIGHT,
     annotate_arm_token_counts,
@@ -23,6 +24,7 @@ from verl_ext.loss.upge import aggregate_arm_loss, upge_arm_loss, upge_token_los
 
 __all__ = [
     "ALL_TOTAL_KEYS",
+    "ARM_CODES",
     "HPT_IS_DEMO",
     "HPT_ROW_WEIGHT",
     "UPGEArmConfig",

@@ -6,25 +6,28 @@ Bind it once and hand it to the actor (``ActorRolloutRefWorker.set_loss_fn`` / `
 
 verl's engine calls ``loss_fn(model_output=..., data=micro_batch, dp_group=...)`` once per
 micro-batch and back-propagates each result undivided; FSDP then averages gradients over the DP
-ranks. Each row belongs to one arm (``hpt_is_demo``, see :mod:`verl_ext.loss.batch_keys`), and
-the micro-batch loss is
+ranks. Each row belongs to one arm (``hpt_is_demo`` 0 rollout, 1 demo, 2 demo_off; see
+:mod:`verl_ext.loss.batch_keys`), and the micro-batch loss is
 
     L = s · ( Σ_arm coef_arm · agg_arm(w ⊙ ℓ_arm)  −  c_H · agg(H)  [+ c_KL · agg(KL)] )
 
 with ℓ_arm the arm's UPGE surrogate (:mod:`verl_ext.loss.upge`), w the row weight (times verl's
-``rollout_is_weights`` on rollout rows), H the token entropy over all live tokens of both arms
-(verl's entropy bonus, as ppo_loss and the official release), KL verl's ``use_kl_loss`` term, and
+``rollout_is_weights`` on rollout rows), H the token entropy over all live tokens of all arms
+(verl's entropy bonus, as ppo_loss and the official release; a demonstration trained by both
+demo arms is two rows, so its tokens count twice there), KL verl's ``use_kl_loss`` term, and
 s = 1/dp_size when ``average_over_dp_ranks`` else 1. Each arm is normalised by its own totals over
-the global mini-batch, so a mixed batch yields the sum of the two arms' gradients whatever the
+the global mini-batch, so a mixed batch yields the sum of the arms' gradients whatever the
 micro-batch split or DP size (except for the release's ``micro-token-mean``, split-dependent on
 purpose).
 
 Metrics follow ppo_loss's conventions (``verl.utils.metric.Metric``): quantities normalised by
 global totals are partial sums per micro-batch (``SUM``), others are ``MEAN``; per arm, with
-P = ``hpt/rl`` (rollout) or ``hpt/sft`` (demo): ``P/pg_loss`` resp. ``P/loss``, ``P/clipfrac``,
+P = ``hpt/rl`` (rollout), ``hpt/sft`` (demo) or ``hpt/off`` (demo_off; only when that arm is set):
+``P/pg_loss`` (rollout, demo_off) resp. ``P/loss`` (demo), ``P/clipfrac``,
 ``P/clipfrac_lower``, ``P/ppo_kl``, ``P/ratio_mean`` (token-weighted, exact over the mini-batch),
 ``P/ratio_min``/``P/ratio_max`` (``MIN``/``MAX``; ±inf in a micro-batch without that arm, so they
-never distort the step's extremes), ``hpt/sft/nll``, ``hpt/demo_token_share``; plus verl's
+never distort the step's extremes), ``hpt/sft/nll``, ``hpt/demo_token_share`` (tokens of both demo
+arms / all live tokens); plus verl's
 ``actor/pg_loss``, ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (rollout
 arm), ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``. Every key is emitted on every micro-batch,
 because verl aggregates per-key lists across DP ranks and requires equal lengths.
@@ -43,12 +46,20 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
-from verl_ext.loss.batch_keys import ALL_TOTAL_KEYS, ARM_TOTAL_KEYS, HPT_IS_DEMO, HPT_ROW_WEIGHT
+from verl_ext.loss.batch_keys import (
+    ALL_TOTAL_KEYS,
+    ARM_CODES,
+    ARM_TOTAL_KEYS,
+    HPT_IS_DEMO,
+    HPT_ROW_WEIGHT,
+    row_arm_codes,
+)
 from verl_ext.loss.config import ARM_NAMES, UPGELossConfig
 from verl_ext.loss.upge import UPGETokenTerms, upge_arm_loss
 
-ARM_METRIC_PREFIX = {"rollout": "hpt/rl", "demo": "hpt/sft"}
-ARM_LOSS_METRIC = {"rollout": "pg_loss", "demo": "loss"}
+ARM_METRIC_PREFIX = {"rollout": "hpt/rl", "demo": "hpt/sft", "demo_off": "hpt/off"}
+ARM_LOSS_METRIC = {"rollout": "pg_loss", "demo": "loss", "demo_off": "pg_loss"}
+DEMO_ARMS = ("demo", "demo_off")
 # Modes whose normaliser is a global count; const-len, token-sum and micro-token-mean need none.
 _NEEDS_TOTALS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -62,7 +73,7 @@ class _Totals:
 
 
 def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upge: UPGELossConfig):
-    """Per-micro-batch actor loss: the two UPGE arms plus verl's entropy bonus and KL loss.
+    """Per-micro-batch actor loss: the UPGE arms plus verl's entropy bonus and KL loss.
 
     Same signature and return value as ``ppo_loss(config, model_output, data, dp_group)``:
     ``(loss scalar, dict of Metric)``. ``config`` is verl's ActorConfig (entropy_coeff,
@@ -99,13 +110,13 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     response_mask = td["response_mask"].to(torch.bool)
     num_rows = response_mask.shape[0]
     old_log_prob, advantages = td["old_log_probs"], td["advantages"]
-    is_demo = (
-        td[HPT_IS_DEMO].reshape(num_rows) > 0.5
+    arm_code = (
+        row_arm_codes(td[HPT_IS_DEMO].reshape(num_rows))
         if HPT_IS_DEMO in td.keys()
-        else torch.zeros(num_rows, dtype=torch.bool, device=response_mask.device)
+        else torch.zeros(num_rows, dtype=torch.int64, device=response_mask.device)
     )
     row_weight = td[HPT_ROW_WEIGHT].reshape(num_rows).to(log_prob.dtype) if HPT_ROW_WEIGHT in td.keys() else None
-    live = row_weight > 0 if row_weight is not None else torch.ones_like(is_demo)
+    live = row_weight > 0 if row_weight is not None else torch.ones(num_rows, dtype=torch.bool, device=arm_code.device)
     valid = response_mask & live.unsqueeze(-1)
 
     totals = _arm_totals(td, upge, have_totals, batch_num_tokens, global_batch_size)
@@ -119,7 +130,7 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     policy_loss = torch.where(valid, log_prob, 0.0).sum() * 0.0
     local_tokens = {}
     for name in ARM_NAMES:
-        rows = live & (is_demo if name == "demo" else ~is_demo)
+        rows = live & (arm_code == ARM_CODES[name])
         n_rows = int(rows.sum())
         arm = upge.arm(name)
         if arm is None:
@@ -205,7 +216,7 @@ def _arm_totals(td, upge: UPGELossConfig, have_totals: bool, batch_num_tokens, g
             tok_key, seq_key = ARM_TOTAL_KEYS[name]
             # One value per mini-batch, repeated on each of its rows: any row will do, max() is cheap.
             out[name] = _Totals(int(td[tok_key].max().item()), int(td[seq_key].max().item()))
-        out["all"] = _Totals(out["rollout"].tokens + out["demo"].tokens, out["rollout"].seqs + out["demo"].seqs)
+        out["all"] = _Totals(sum(out[n].tokens for n in ARM_NAMES), sum(out[n].seqs for n in ARM_NAMES))
         return out
     arms = [n for n in ARM_NAMES if upge.arm(n) is not None]
     if len(arms) > 1:
@@ -218,7 +229,7 @@ def _arm_totals(td, upge: UPGELossConfig, have_totals: bool, batch_num_tokens, g
                 )
     # A single-arm method: verl's own totals over all rows are this arm's totals.
     verl_totals = _Totals(batch_num_tokens, global_batch_size)
-    return {"rollout": verl_totals, "demo": verl_totals, "all": verl_totals}
+    return {**{name: verl_totals for name in ARM_NAMES}, "all": verl_totals}
 
 
 def _row_picker(rows: torch.Tensor, n_rows: int, num_rows: int):
@@ -281,11 +292,12 @@ def _arm_metrics(
 
 
 def _share_metric(totals: dict, local_tokens: dict) -> dict:
-    """Fraction of live response tokens that are demonstration tokens (global when totals are known)."""
-    demo, rollout = totals["demo"].tokens, totals["rollout"].tokens
-    if demo is not None and rollout is not None and totals["demo"] is not totals["rollout"]:
-        share = demo / max(demo + rollout, 1)
+    """Fraction of live response tokens that are demonstration tokens, both demo arms together
+    (global when the per-arm totals are known)."""
+    if totals["demo"] is not totals["rollout"] and all(totals[n].tokens is not None for n in ARM_NAMES):
+        demo, n_all = sum(totals[n].tokens for n in DEMO_ARMS), totals["all"].tokens
+        share = demo / max(n_all, 1)
     else:
-        n_demo, n_all = local_tokens["demo"], local_tokens["demo"] + local_tokens["rollout"]
+        n_demo, n_all = sum(local_tokens[n] for n in DEMO_ARMS), sum(local_tokens[n] for n in ARM_NAMES)
         share = float(n_demo) / max(float(n_all), 1.0)
     return {"hpt/demo_token_share": Metric(AggregationType.MEAN, float(share))}
