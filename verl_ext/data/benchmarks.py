@@ -51,9 +51,14 @@ def benchmark_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("HPT_BENCHMARK_DIR", DEFAULT_BENCHMARK_DIR))
 
 
+# Project-made evaluation sets, selectable by name but not in the default list (their JSON lives in
+# the run's --benchmark-dir, not in ../shared): CHAMP's held-out slice from prepare_champ.py.
+EXTRA_BENCHMARKS: dict[str, Benchmark] = {"champ": Benchmark("champ", "CHAMP.json", "CHAMP", 1)}
+
+
 def get_benchmark(key: str) -> Benchmark:
     k = key.lower().replace("-", "").replace("_", "")
-    for b in BENCHMARKS.values():
+    for b in (*BENCHMARKS.values(), *EXTRA_BENCHMARKS.values()):
         if k in (b.key, b.data_source.lower().replace("-", "").replace("_", "")):
             return b
     raise KeyError(f"unknown benchmark {key!r}; known: {', '.join(BENCHMARKS)}")
