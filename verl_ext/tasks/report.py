@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 PLOT_KEYS = {
-    "reward (critic/score/mean)": "critic/score/mean",
+    # Rollouts' pass rate, not critic/score/mean: the latter also averages the demonstration rows
+    # (scored 1), so it falls as the SFT share falls.
+    "rollout pass rate (hpt/pass_rate/mean)": "hpt/pass_rate/mean",
     "SFT share of questions": "hpt/sft_question_share",
     "response length (RL rows)": "hpt/response_length/rl",
     "entropy (actor/entropy)": "actor/entropy",
