@@ -96,3 +96,20 @@ def test_hpt_steps_use_both_arms(tiny_model_dir, arith_data_dir, tmp_path):
     assert state2["batch_indices"]["3"] == state["batch_indices"]["3"]
     assert state2["batch_indices"]["1"] == state["batch_indices"]["1"]
     assert state2["questions"] == 24 and state2["steps"] == 3
+
+
+def test_sft_only_baseline_generates_nothing(tiny_model_dir, arith_data_dir, tmp_path):
+    """gate `always` + `sft` preset: every question trains on its demonstration, no rollouts."""
+    metrics = run_main(
+        base_overrides(tiny_model_dir, arith_data_dir, tmp_path / "ckpt", steps=2, reward=PARITY_REWARD)
+        + ["hpt.gate.strategy=always", "upge=sft", "actor_rollout_ref.rollout.n=1",
+           "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8"],
+        tmp_path / "metrics.jsonl",
+    )
+    steps = [m for m in metrics if "actor/pg_loss" in m]
+    assert len(steps) == 2
+    for m in steps:
+        assert m["hpt/sft_question_share"] == 1.0 and m["hpt/rows/demo"] == 8 and m["hpt/rows/rollout"] == 0
+        assert m["actor/hpt/sft/nll"] > 0.0 and finite(m["actor/grad_norm"])
+        # the demonstration stand-in answered instead of the rollout server
+        assert any(k.endswith("hpt/demo_rollout_s") for k in m), sorted(k for k in m if "timing" in k)

@@ -70,7 +70,11 @@ class DemonstrationRolloutManager:
             "position_ids": position_ids_from_mask(attention),
             "rm_scores": torch.zeros((b, r_len), dtype=torch.float32),
         }
-        non_tensors = {"__num_turns__": np.full(b, 2, dtype=np.int32)}
+        # The keys verl's agent loop always returns for text rows (RayPPOTrainer.fit reads
+        # multi_modal_inputs for every batch).
+        mm = np.empty(b, dtype=object)
+        mm[:] = [{} for _ in range(b)]
+        non_tensors = {"__num_turns__": np.full(b, 2, dtype=np.int32), "multi_modal_inputs": mm}
         elapsed = time.perf_counter() - t0
         return DataProto.from_dict(tensors=batch, non_tensors=non_tensors,
                                    meta_info={"timing": {"hpt/demo_rollout_s": elapsed}, "reward_extra_keys": []})
