@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import glob
 import os
 
 import numpy as np
@@ -42,9 +41,8 @@ from verl_ext.hpt.merge import (
 )
 from verl_ext.loss import annotate_arm_token_counts, hpt_actor_loss, load_upge_config
 
+from tests.helpers import PRESET_DIR, PRESETS  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESET_DIR = os.path.join(REPO, "recipe", "hpt", "config", "upge")
-PRESETS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(PRESET_DIR, "*.yaml")))
 
 
 def demo_tokens(q: int, length: int) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import glob
 import os
 from dataclasses import replace
 
@@ -39,9 +38,8 @@ from verl_ext.loss import (
     mini_batch_ids,
 )
 
+from tests.helpers import PRESET_DIR, PRESETS  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESET_DIR = os.path.join(REPO, "recipe", "hpt", "config", "upge")
-PRESETS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(PRESET_DIR, "*.yaml")))
 DT = torch.float64
 ATOL, RTOL = 1e-8, 1e-6
 

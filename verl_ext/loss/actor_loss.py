@@ -177,30 +177,21 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     metrics["actor/pg_loss"] = Metric(value=policy_loss, aggregation=metric_agg)
 
     all_totals = totals["all"]
+
+    def agg_over_live_rows(loss_mat):
+        # verl's own aggregation (as ppo_loss does for entropy/KL), normalised by the live-row totals.
+        return agg_loss(loss_mat=loss_mat, loss_mask=valid, loss_agg_mode=config.loss_agg_mode, dp_size=dp_size,
+                        batch_num_tokens=all_totals.tokens, global_batch_size=all_totals.seqs,
+                        loss_scale_factor=config.loss_scale_factor)
+
     if entropy is not None:
-        entropy_loss = agg_loss(
-            loss_mat=entropy,
-            loss_mask=valid,
-            loss_agg_mode=config.loss_agg_mode,
-            dp_size=dp_size,
-            batch_num_tokens=all_totals.tokens,
-            global_batch_size=all_totals.seqs,
-            loss_scale_factor=config.loss_scale_factor,
-        )
+        entropy_loss = agg_over_live_rows(entropy)
         policy_loss = policy_loss - config.entropy_coeff * entropy_loss * scale
         metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_agg)
 
     if config.use_kl_loss:
         kld = kl_penalty(logprob=log_prob, ref_logprob=td["ref_log_prob"], kl_penalty=config.kl_loss_type)
-        kl_loss = agg_loss(
-            loss_mat=kld,
-            loss_mask=valid,
-            loss_agg_mode=config.loss_agg_mode,
-            dp_size=dp_size,
-            batch_num_tokens=all_totals.tokens,
-            global_batch_size=all_totals.seqs,
-            loss_scale_factor=config.loss_scale_factor,
-        )
+        kl_loss = agg_over_live_rows(kld)
         policy_loss = policy_loss + kl_loss * config.kl_loss_coef * scale
         metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_agg)
         metrics["kl_coef"] = config.kl_loss_coef
