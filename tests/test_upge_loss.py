@@ -69,7 +69,7 @@ def actor_config(**overrides):
 
 ROW_FIELDS = (
     "input_ids", "attention_mask", "position_ids", "response_mask", "old_log_probs", "ref_log_prob",
-    "advantages", "is_demo", "row_weight", "index",
+    "advantages", "is_demo", "row_weight", "index", "token_level_scores",
 )  # fmt: skip
 
 
@@ -108,6 +108,11 @@ class Batch:
         self.is_demo[list(demo_off)] = 2.0
         self.row_weight = torch.ones(n_rows, dtype=DT)
         self.row_weight[list(pad)] = 0.0
+        # verifier score 0/1 on the last valid response token, as verl's token_level_scores (drawn
+        # last, so that the tensors above do not depend on it)
+        score = torch.randint(0, 2, (n_rows,), generator=g).to(DT)
+        self.token_level_scores = torch.zeros(n_rows, R, dtype=DT)
+        self.token_level_scores[torch.arange(n_rows), r_lens - 1] = score
 
     @property
     def logits(self):
@@ -125,6 +130,16 @@ class Batch:
         """log π_θ(y_t) of response token t, (B,R): what the loss sees after no_padding_2_padding."""
         lp = torch.log_softmax(self.logits[:, self.P - 1 : self.P + self.R - 1], dim=-1)
         return lp.gather(-1, self.input_ids[:, self.P :].unsqueeze(-1)).squeeze(-1)
+
+    def response_entropy(self):
+        """Token entropy H_t = −Σ_v π log π at response token t, (B,R), with gradient."""
+        lp = torch.log_softmax(self.logits[:, self.P - 1 : self.P + self.R - 1], dim=-1)
+        return -(lp.exp() * lp).sum(-1)
+
+    @property
+    def row_score(self):
+        """(B,) Σ_t token_level_scores: 1.0 for a correct row, 0.0 otherwise."""
+        return self.token_level_scores.sum(-1)
 
     def model_output(self, rows, with_entropy=False):
         """What verl's engine returns: nested (jagged) per-sequence tensors over the unpadded tokens,
@@ -152,6 +167,7 @@ class Batch:
             "old_log_probs": self.old_log_probs,
             "advantages": self.advantages,
             "ref_log_prob": self.ref_log_prob,
+            "token_level_scores": self.token_level_scores,
         }
         if hpt_keys:
             fields["hpt_is_demo"] = self.is_demo
@@ -182,6 +198,9 @@ def run_loss(batch, loss_fn, td, micro_batches, dp_size=1, with_entropy=False, n
             total = total + loss
             metrics.append(m)
     return total / n_ranks, metrics
+
+
+_run_loss = run_loss
 
 
 def grad(loss, batch):
@@ -274,8 +293,17 @@ def reference_loss(name, batch):
     if name == "luffy":
         p = logp_all.exp()
         return const_len_sum(on_policy, ro) + const_len_sum(-A * p / (p + 0.1), de)
-    if name == "srft":
-        return const_len_sum(-A * logp_all, ro) + const_len_sum(-A * logp_all.exp(), de)
+    if name in ("srft", "srft_release"):
+        # SRFT: rollouts −Â_i·log π with Â_i = 0.1·exp(H̄_i) (correct) / −1; demonstrations −Â·π (paper)
+        # or −Â·p/(p+0.1) (release), plus 0.5·exp(−H̄_i)·NLL as a token mean over the demo tokens.
+        m = batch.response_mask.to(DT)
+        h_bar = ((batch.response_entropy().detach() * m).sum(-1) / m.sum(-1)).unsqueeze(-1)
+        a_on = torch.where((batch.row_score == 1.0).unsqueeze(-1), 0.1 * torch.exp(h_bar), -1.0)
+        p = logp_all.exp()
+        off = p / (p + 0.1) if name == "srft_release" else p
+        m_de = masked(batch, de)
+        sft = (0.5 * torch.exp(-h_bar[de]) * -logp_all[de] * m_de).sum() / m_de.sum()
+        return const_len_sum(-a_on * logp_all, ro) + const_len_sum(-A * off, de) + sft
     if name in ("hpt_release", "hpt_release_global"):
         return const_len_sum(on_policy, ro) + nll_token_mean(de)
     if name == "hpt_release_off":
@@ -310,7 +338,7 @@ def preset_batch(name, seed=0):
 
 def test_every_preset_has_a_reference():
     assert set(PRESETS) == {
-        "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft",
+        "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft", "srft_release",
         "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off",
     }  # fmt: skip
 
@@ -320,7 +348,8 @@ def test_preset_gradient_matches_reference(name):
     batch = preset_batch(name)
     upge = preset(name)
     td = batch.tensordict()
-    loss, metrics = run_loss(batch, upge_loss_fn(upge), td, one_micro(batch))
+    # entropy_coeff is verl's default 0: the entropy output only feeds the H̄-weighted parts
+    loss, metrics = run_loss(batch, upge_loss_fn(upge), td, one_micro(batch), with_entropy=upge.needs_row_entropy)
     got = grad(loss, batch)
     want = grad(reference_loss(name, batch), batch)
     assert_grad_close(want, got)
@@ -368,14 +397,17 @@ def _single_arm_grad(name, arm_name, batch, rows):
     upge = preset(name)
     one = UPGELossConfig(**{arm_name: upge.arm(arm_name)}, average_over_dp_ranks=upge.average_over_dp_ranks)
     sub = batch.subset(rows)
-    loss, _ = run_loss(sub, upge_loss_fn(one), sub.tensordict(), one_micro(sub))
+    loss, _ = run_loss(sub, upge_loss_fn(one), sub.tensordict(), one_micro(sub), with_entropy=upge.needs_row_entropy)
     return grad(loss, batch)
 
 
 @pytest.mark.parametrize("name", MIXED)
 def test_mixed_batch_is_sum_of_arms_for_any_micro_split_and_dp(name):
     batch = Batch(8, seed=11, demo=[0, 3, 4, 6])
-    fn = upge_loss_fn(preset(name))
+    upge = preset(name)
+    assert upge.split_invariant(with_entropy_bonus=False)
+    fn = upge_loss_fn(upge)
+    run_loss = functools.partial(_run_loss, with_entropy=upge.needs_row_entropy)
     full, _ = run_loss(batch, fn, batch.tensordict(), one_micro(batch))
     g_full = grad(full, batch)
 
@@ -534,7 +566,12 @@ def test_zero_weight_padding_rows_change_nothing(name):
     real = padded.subset(range(6))
 
     fn = upge_loss_fn(preset(name), **kw)
-    loss_p, _ = run_loss(padded, fn, padded.tensordict(), [[[0, 6, 2, 7], [1, 8, 3, 4, 5]]], with_entropy=True)
+    split = [[0, 6, 2, 7], [1, 8, 3, 4, 5]]
+    if not preset(name).split_invariant(with_entropy_bonus=True):
+        # per-micro-batch means (release entropy bonus): keep the live rows in one micro-batch, with
+        # padding rows among them and a micro-batch of padding only
+        split = [[0, 6, 2, 7, 1, 3, 4, 5], [8]]
+    loss_p, _ = run_loss(padded, fn, padded.tensordict(), [split], with_entropy=True)
     loss_r, _ = run_loss(real, fn, real.tensordict(), one_micro(real), with_entropy=True)
     torch.testing.assert_close(loss_p, loss_r, rtol=RTOL, atol=ATOL)
     g_p, g_r = grad(loss_p, padded), grad(loss_r, padded)

@@ -5,20 +5,41 @@ Bind it once and hand it to the actor (``ActorRolloutRefWorker.set_loss_fn`` / `
     loss_fn = functools.partial(hpt_actor_loss, config=actor_cfg, upge=load_upge_config(cfg.hpt.loss))
 
 verl's engine calls ``loss_fn(model_output=..., data=micro_batch, dp_group=...)`` once per
-micro-batch and back-propagates each result undivided; FSDP then averages gradients over the DP
-ranks. Each row belongs to one arm (``hpt_is_demo`` 0 rollout, 1 demo, 2 demo_off; see
-:mod:`verl_ext.loss.batch_keys`), and the micro-batch loss is
+micro-batch and back-propagates each result undivided (no 1/gradient-accumulation factor); FSDP
+then averages gradients over the D DP ranks. Each row belongs to one arm (``hpt_is_demo`` 0
+rollout, 1 demo, 2 demo_off; see :mod:`verl_ext.loss.batch_keys`), and the micro-batch loss is
 
-    L = s · ( Σ_arm coef_arm · agg_arm(w ⊙ ℓ_arm)  −  c_H · agg(H)  [+ c_KL · agg(KL)] )
+    L = s · ( Σ_arm [coef_arm · agg_arm(w ⊙ ℓ_arm) + c_N,arm · agg_N,arm(w ⊙ e^{κ_N H̄} ⊙ (−log π_θ))]
+              −  c_H · agg_H(H)  [+ c_KL · agg(KL)] )
 
-with ℓ_arm the arm's UPGE surrogate (:mod:`verl_ext.loss.upge`), w the row weight (times verl's
-``rollout_is_weights`` on rollout rows), H the token entropy over all live tokens of all arms
-(verl's entropy bonus, as ppo_loss and the official release; a demonstration trained by both
-demo arms is two rows, so its tokens count twice there), KL verl's ``use_kl_loss`` term, and
-s = 1/dp_size when ``average_over_dp_ranks`` else 1. Each arm is normalised by its own totals over
-the global mini-batch, so a mixed batch yields the sum of the arms' gradients whatever the
-micro-batch split or DP size (except for the release's ``micro-token-mean``, split-dependent on
-purpose).
+with ℓ_arm the arm's UPGE surrogate and the optional entropy-weighted NLL term
+(:mod:`verl_ext.loss.upge`), w the row weight (times verl's ``rollout_is_weights`` on rollout rows),
+H the token entropy over all live tokens of all arms (a demonstration trained by both demo arms is
+two rows, so its tokens count twice there), KL verl's ``use_kl_loss`` term, and s = 1/D when
+``average_over_dp_ranks`` else 1.
+
+Every aggregation is one of two kinds, and the 1/D of ``average_over_dp_ranks`` means different
+things for them:
+
+- *Global* (verl's modes with the arm's totals over the global mini-batch, and ``const-len``):
+  the micro-batch loss is a partial sum, scaled by D, so Σ_micro Σ_ranks / D is the global-batch
+  loss whatever the split. The release computes the Σ/const terms (``const-len``) per micro-batch
+  without the ×D and FSDP averages them, so its gradient is exactly 1/D of the global-batch loss's:
+  for these terms ``average_over_dp_ranks`` (s = 1/D) *is* the release rule.
+- *Per micro-batch mean* (``micro-token-mean``: the release's SFT arm, SRFT's NLL term and, with
+  ``entropy_agg: micro-token-mean``, the entropy bonus): the release subtracts the mean over *this
+  micro-batch's* tokens in every micro-batch, undivided, and FSDP averages ranks, so its gradient is
+  (1/D) Σ_ranks Σ_micro ∇mean_micro. That is not 1/D of any global mean (it grows with the number of
+  micro-batches k, ≈ k·D × the global mean / D), so a global mean times s = 1/D would be 1/(k·D) of
+  the release's term. These terms are computed as mean_micro · D, so that with s = 1/D each
+  micro-batch contributes mean_micro undivided and the FSDP average gives the release's (1/D) Σ Σ.
+
+``hpt.loss.entropy_agg`` chooses the entropy bonus's kind per preset: ``global`` (verl's
+``actor.loss_agg_mode`` over the live rows of the global mini-batch; every non-release preset) or
+``micro-token-mean`` (the official release, LUFFY and SRFT code: ``c_H · masked_mean(H)`` of each
+micro-batch; the release presets). The KL term always follows verl (no release preset uses it).
+Apart from ``micro-token-mean`` terms, a mixed batch yields the sum of the arms' gradients whatever
+the micro-batch split or DP size (``UPGELossConfig.split_invariant``).
 
 Metrics follow ppo_loss's conventions (``verl.utils.metric.Metric``): quantities normalised by
 global totals are partial sums per micro-batch (``SUM``), others are ``MEAN``; per arm, with
@@ -26,7 +47,8 @@ P = ``hpt/rl`` (rollout), ``hpt/sft`` (demo) or ``hpt/off`` (demo_off; only when
 ``P/pg_loss`` (rollout, demo_off) resp. ``P/loss`` (demo), ``P/clipfrac``,
 ``P/clipfrac_lower``, ``P/ppo_kl``, ``P/ratio_mean`` (token-weighted, exact over the mini-batch),
 ``P/ratio_min``/``P/ratio_max`` (``MIN``/``MAX``; ±inf in a micro-batch without that arm, so they
-never distort the step's extremes), ``hpt/sft/nll``, ``hpt/demo_token_share`` (tokens of both demo
+never distort the step's extremes), ``P/nll_term`` (the arm's entropy-weighted NLL term, only for an
+arm with ``nll_coef != 0``), ``P/adv_mean`` (token mean of Â, only for ``adv: outcome``), ``hpt/sft/nll``, ``hpt/demo_token_share`` (tokens of both demo
 arms / all live tokens); plus verl's
 ``actor/pg_loss``, ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (rollout
 arm), ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``. Every key is emitted on every micro-batch,
@@ -55,13 +77,16 @@ from verl_ext.loss.batch_keys import (
     row_arm_codes,
 )
 from verl_ext.loss.config import ARM_NAMES, UPGELossConfig
-from verl_ext.loss.upge import UPGETokenTerms, upge_arm_loss
+from verl_ext.loss.upge import UPGETokenTerms, row_mean_entropy, upge_arm_loss
 
 ARM_METRIC_PREFIX = {"rollout": "hpt/rl", "demo": "hpt/sft", "demo_off": "hpt/off"}
 ARM_LOSS_METRIC = {"rollout": "pg_loss", "demo": "loss", "demo_off": "pg_loss"}
 DEMO_ARMS = ("demo", "demo_off")
 # Modes whose normaliser is a global count; const-len, token-sum and micro-token-mean need none.
 _NEEDS_TOTALS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# Per-token verifier scores, for adv: outcome. verl's trainer sets token_level_scores = rm_scores
+# (the score on the row's last response token) before the actor update; either one will do.
+SCORE_KEYS = ("token_level_scores", "rm_scores")
 
 
 @dataclass
@@ -102,6 +127,9 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
 
     fields = ["response_mask", "old_log_probs", "advantages"]
     fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_IS_DEMO, HPT_ROW_WEIGHT) if k in data.keys()]
+    score_key = _check_row_inputs(upge, data, entropy is not None)
+    if score_key is not None:
+        fields.append(score_key)
     have_totals = all(k in data.keys() for k in ALL_TOTAL_KEYS)
     if have_totals:
         fields += list(ALL_TOTAL_KEYS)
@@ -141,6 +169,7 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
         if n_rows == 0:
             local_tokens[name] = 0
             metrics.update(_arm_metrics(name, None, None, None, totals[name], dp_size, metric_agg, None))
+            metrics.update(_extra_arm_metrics(name, arm, None, scale, metric_agg, None, totals[name], dp_size))
             continue
         # The arm works on its own rows only: no work, and no NaN risk, on the other arm's rows.
         pick = _row_picker(rows, n_rows, num_rows)
@@ -148,6 +177,8 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
         local_tokens[name] = mask.sum()
         arm_log_prob = pick(log_prob)
         weight = None if row_weight is None else pick(row_weight).unsqueeze(-1)
+        row_entropy = row_mean_entropy(pick(entropy), mask) if arm.needs_row_entropy else None  # (b,1)
+        row_score = pick(td[score_key]).sum(dim=-1) if arm.adv == "outcome" else None  # (b,)
         if name == "rollout" and "rollout_is_weights" in td.keys():
             # verl's rollout-correction IS weights describe the rollout engine's sampling; demo tokens
             # were not sampled by it, so they only weight the rollout arm.
@@ -164,10 +195,13 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
             num_tokens=totals[name].tokens,
             num_seqs=totals[name].seqs,
             loss_scale_factor=config.loss_scale_factor,
+            row_score=row_score,
+            row_entropy=row_entropy,
         )
         arm_loss = arm_loss * scale
         policy_loss = policy_loss + arm_loss
         metrics.update(_arm_metrics(name, arm_loss, terms, mask, totals[name], dp_size, metric_agg, arm_log_prob))
+        metrics.update(_extra_arm_metrics(name, arm, terms, scale, metric_agg, mask, totals[name], dp_size))
 
     metrics.update(_share_metric(totals, local_tokens))
     for suffix in ("clipfrac", "ppo_kl", "clipfrac_lower"):
@@ -185,9 +219,17 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
                         loss_scale_factor=config.loss_scale_factor)
 
     if entropy is not None:
-        entropy_loss = agg_over_live_rows(entropy)
-        policy_loss = policy_loss - config.entropy_coeff * entropy_loss * scale
-        metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_agg)
+        if upge.entropy_agg == "micro-token-mean":
+            # The release: c_H · mean entropy of this micro-batch, undivided, in every micro-batch.
+            # × D so that s = 1/D leaves it undivided and FSDP's average gives (1/D) Σ_ranks Σ_micro.
+            entropy_loss = micro_token_mean(entropy, valid)
+            policy_loss = policy_loss - config.entropy_coeff * entropy_loss * dp_size * scale
+            # Logged as the release logs it: the micro-batch mean, averaged over micro-batches.
+            metrics["actor/entropy_loss"] = Metric(value=entropy_loss.detach(), aggregation=AggregationType.MEAN)
+        else:
+            entropy_loss = agg_over_live_rows(entropy)
+            policy_loss = policy_loss - config.entropy_coeff * entropy_loss * scale
+            metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_agg)
 
     if config.use_kl_loss:
         kld = kl_penalty(logprob=log_prob, ref_logprob=td["ref_log_prob"], kl_penalty=config.kl_loss_type)
@@ -197,6 +239,52 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
         metrics["kl_coef"] = config.kl_loss_coef
 
     return policy_loss, metrics
+
+
+def micro_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t values·mask / max(Σ mask, 1) over this micro-batch, a scalar: (B,T), (B,T) bool -> ()."""
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def _check_row_inputs(upge: UPGELossConfig, data: TensorDict, have_entropy: bool) -> Optional[str]:
+    """The score key ``adv: outcome`` reads (None if no arm needs one); raises, naming the config key,
+    when a part's input is missing from the micro-batch."""
+    score_key = None
+    for name in ARM_NAMES:
+        arm = upge.arm(name)
+        if arm is None:
+            continue
+        if arm.needs_row_entropy and not have_entropy:
+            key = "adv_entropy_exp" if arm.adv == "outcome" and arm.adv_entropy_exp != 0.0 else "nll_entropy_exp"
+            raise ValueError(
+                f"hpt.loss.{name}.{key}={getattr(arm, key)!r} weights rows by their mean entropy, but the model "
+                "output has no entropy: set actor_rollout_ref.actor.calculate_entropy=true (verl computes the "
+                "entropy only then or when actor.entropy_coeff != 0)"
+            )
+        if arm.adv == "outcome" and score_key is None:
+            score_key = next((k for k in SCORE_KEYS if k in data.keys()), None)
+            if score_key is None:
+                raise ValueError(
+                    f"hpt.loss.{name}.adv='outcome' needs each row's verifier score, but the batch has none of "
+                    f"{list(SCORE_KEYS)}"
+                )
+    return score_key
+
+
+def _extra_arm_metrics(name, arm, terms, scale, metric_agg, mask, totals: _Totals, dp_size) -> dict:
+    """Metrics of the optional parts: ``P/nll_term`` (nll_coef != 0), ``P/adv_mean`` (adv: outcome)."""
+    prefix, out = ARM_METRIC_PREFIX[name], {}
+    if arm.has_nll:
+        value = 0.0 if terms is None else terms.nll_loss.detach() * scale
+        out[f"{prefix}/nll_term"] = Metric(value=value, aggregation=metric_agg)
+    if arm.adv == "outcome":
+        if totals.tokens is not None:
+            denom, agg = max(totals.tokens, 1) / dp_size, AggregationType.SUM
+        else:
+            denom, agg = (mask.sum().clamp(min=1) if mask is not None else 1), AggregationType.MEAN
+        value = 0.0 if terms is None else torch.where(mask, terms.advantage, 0.0).sum() / denom
+        out[f"{prefix}/adv_mean"] = Metric(value=value, aggregation=agg)
+    return out
 
 
 def _arm_totals(td, upge: UPGELossConfig, have_totals: bool, batch_num_tokens, global_batch_size) -> dict:

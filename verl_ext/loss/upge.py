@@ -23,7 +23,23 @@ Reference denominator ``ref`` (the "ratio" ρ carries the gradient, its value is
               i.e. π_ref = π_θ · (π_θold(τ)/π_θ(τ))^{1/|τ|} (GSPO; the clamp is verl's)
 
 Advantage ``adv``: ``batch`` uses verl's advantages as they are (GRPO with/without std, RLOO,
-Dr.GRPO, GAE...), ``one`` uses Â ≡ 1 (SFT).
+Dr.GRPO, GAE...), ``one`` uses Â ≡ 1 (SFT), ``outcome`` a per-row advantage from the row's
+correctness and mean entropy (:func:`outcome_advantage`):
+
+    Â_i = a₊ · sg(exp(κ_A · H̄_i))   if row i is correct (Σ_t score_it == correct_score)
+    Â_i = a₋                        otherwise
+
+with H̄_i = Σ_t m_it H_it / Σ_t m_it the row's mean token entropy (:func:`row_mean_entropy`).
+κ_A = 0, a± = ±1 is REINFORCE's ±1; SRFT's on-policy term is a₊ = 0.1, κ_A = 1, a₋ = −1.
+
+Entropy-weighted NLL term (``nll_coef`` = c_N ≠ 0; SRFT's SFT term on demonstrations, c_N = 0.5,
+κ_N = −1): the arm's loss gains
+
+    c_N · agg_N( sg(exp(κ_N · H̄_i)) · (−log π_θ(y_t)) )
+
+over the arm's tokens, aggregated by ``nll_agg`` with the arm's own totals
+(:func:`entropy_weighted_nll`). Its gradient is the UPGE term with π_ref = π_θ and Â = c_N·w_i:
+an SFT instance with a per-row weight, added to the arm's main estimator on the same rows.
 
 Policy shaping ``shaping_gamma`` = γ (LUFFY, γ = 0.1): ρ is replaced by f(ρ) = ρ/(ρ+γ), so the
 gradient gains the factor f'(ρ)=γ/(ρ+γ)²; with ref=one this is LUFFY's −Â·p/(p+γ).
@@ -45,7 +61,7 @@ Aggregation turns the masked (B,T) matrix into a scalar (see :func:`aggregate_ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -69,6 +85,9 @@ class UPGETokenTerms:
     clipped        bool, tokens whose gradient 1_stable removes through the ε clip; None: no such mask
     clipped_lower  bool, tokens cut by the dual clip c (Â<0); None without a dual clip
     neg_kl         log π_θ − log π_θold, detached (for the ppo_kl metric)
+    nll_loss       scalar, the arm's aggregated entropy-weighted NLL term (set by
+                   :func:`upge_arm_loss` when ``nll_coef != 0``; already inside the arm's loss)
+    advantage      (B,1) the per-row Â of ``adv: outcome`` (set by :func:`upge_arm_loss`), else None
     """
 
     loss_mat: torch.Tensor
@@ -76,6 +95,8 @@ class UPGETokenTerms:
     clipped: Optional[torch.Tensor]
     clipped_lower: Optional[torch.Tensor]
     neg_kl: torch.Tensor
+    nll_loss: Optional[torch.Tensor] = None
+    advantage: Optional[torch.Tensor] = None
 
 
 def _sequence_log_ratio(log_prob, old_log_prob, response_mask):
@@ -83,6 +104,69 @@ def _sequence_log_ratio(log_prob, old_log_prob, response_mask):
     diff = (log_prob.detach() - old_log_prob) * response_mask
     length = response_mask.sum(dim=-1).clamp(min=1)
     return (diff.sum(dim=-1) / length).unsqueeze(-1)
+
+
+def row_mean_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """H̄_i = Σ_t m_it H_it / Σ_t m_it, detached, shape (B,1); a row without tokens gets 0.
+
+    Args:
+        entropy: (B,T) token entropy H_t = −Σ_v π_θ(v|·) log π_θ(v|·) (verl's ``entropy`` output).
+        response_mask: (B,T) bool, the row's tokens.
+    """
+    mask = response_mask.to(entropy.dtype)
+    total = (entropy.detach() * mask).sum(dim=-1, keepdim=True)  # (B,1)
+    return total / mask.sum(dim=-1, keepdim=True).clamp(min=1)  # (B,1)
+
+
+def outcome_advantage(row_score: torch.Tensor, row_entropy: Optional[torch.Tensor], arm: UPGEArmConfig) -> torch.Tensor:
+    """Per-row Â of ``adv: outcome``, shape (B,1), no gradient.
+
+        Â_i = a₊ · exp(κ_A · H̄_i)  if s_i == correct_score,  else a₋
+
+    Args:
+        row_score: (B,) s_i = Σ_t token_level_scores_it, the row's verifier score.
+        row_entropy: (B,1) H̄_i from :func:`row_mean_entropy`; may be None when κ_A = 0.
+        arm: a₊ = ``adv_correct``, a₋ = ``adv_incorrect``, κ_A = ``adv_entropy_exp``.
+    """
+    correct = (row_score == arm.correct_score).unsqueeze(-1)  # (B,1) bool
+    dtype = row_entropy.dtype if row_entropy is not None else torch.get_default_dtype()
+    positive = torch.full(correct.shape, arm.adv_correct, dtype=dtype, device=row_score.device)  # (B,1)
+    if arm.adv_entropy_exp != 0.0:
+        positive = positive * torch.exp(arm.adv_entropy_exp * row_entropy.detach())
+    return torch.where(correct, positive, torch.full_like(positive, arm.adv_incorrect))  # (B,1)
+
+
+def entropy_weighted_nll(
+    log_prob: torch.Tensor,
+    response_mask: torch.Tensor,
+    row_entropy: Optional[torch.Tensor],
+    arm: UPGEArmConfig,
+    *,
+    token_weight: Optional[torch.Tensor] = None,
+    dp_size: int = 1,
+    num_tokens: Optional[float] = None,
+    num_seqs: Optional[float] = None,
+    loss_scale_factor: Optional[float] = None,
+) -> torch.Tensor:
+    """The arm's extra term c_N · agg_N(sg(exp(κ_N·H̄_i)) · (−log π_θ)), a scalar.
+
+    Args:
+        log_prob: (B,T) log π_θ of the arm's rows, requires grad.
+        response_mask: (B,T) bool, the arm's tokens.
+        row_entropy: (B,1) H̄_i; may be None when κ_N = 0.
+        arm: c_N = ``nll_coef``, κ_N = ``nll_entropy_exp``, agg_N = ``nll_agg`` (``const_len`` for const-len).
+        token_weight, dp_size, num_tokens, num_seqs, loss_scale_factor: as :func:`upge_arm_loss`.
+    """
+    nll = -log_prob  # (B,T)
+    if arm.nll_entropy_exp != 0.0:
+        nll = nll * torch.exp(arm.nll_entropy_exp * row_entropy.detach())  # (B,T) · (B,1)
+    if token_weight is not None:
+        nll = nll * token_weight
+    as_arm = replace(arm, agg=arm.nll_agg, coef=arm.nll_coef)
+    return aggregate_arm_loss(
+        nll, response_mask, as_arm, dp_size=dp_size, num_tokens=num_tokens, num_seqs=num_seqs,
+        loss_scale_factor=loss_scale_factor,
+    )
 
 
 def upge_ratio(log_prob, old_log_prob, response_mask, ref: str) -> torch.Tensor:
@@ -111,7 +195,8 @@ def upge_token_loss(
     Args:
         log_prob: (B,T) log π_θ, requires grad.
         old_log_prob: (B,T) log π_θold (used by ref=old/gspo_seq, gspo_seq_clip and ppo_kl).
-        advantages: (B,T) Â from the batch (ignored when ``arm.adv == "one"``).
+        advantages: (B,T) or (B,1) Â: verl's for ``adv: batch``, :func:`outcome_advantage`'s for
+            ``adv: outcome`` (ignored when ``arm.adv == "one"``).
         response_mask: (B,T) bool, this arm's valid tokens (only gspo's sequence mean reads it).
         arm: the arm's four parts; see the module docstring for the formulas.
 
@@ -119,7 +204,7 @@ def upge_token_loss(
         :class:`UPGETokenTerms`; ``loss_mat`` must still be masked and aggregated.
     """
     # Â ≡ 1 as a 0-dim tensor: broadcasts through every formula without a (B,T) buffer.
-    adv = advantages if arm.adv == "batch" else log_prob.new_ones(())
+    adv = log_prob.new_ones(()) if arm.adv == "one" else advantages
     ratio = upge_ratio(log_prob, old_log_prob, response_mask, arm.ref)
     neg_kl = (log_prob.detach() - old_log_prob).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     stable = arm.stable
@@ -241,13 +326,25 @@ def upge_arm_loss(
     num_tokens: Optional[float] = None,
     num_seqs: Optional[float] = None,
     loss_scale_factor: Optional[float] = None,
+    row_score: Optional[torch.Tensor] = None,
+    row_entropy: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, UPGETokenTerms]:
-    """One arm end to end: ``coef · agg(w ⊙ ℓ, mask)`` with ℓ from :func:`upge_token_loss`.
+    """One arm end to end: ``coef · agg(w ⊙ ℓ, mask)`` with ℓ from :func:`upge_token_loss`, plus the
+    arm's entropy-weighted NLL term when ``arm.nll_coef != 0``.
 
-    ``token_weight`` (B,T) or (B,1) multiplies ℓ (row weights α/β, rollout IS weights); it does
-    not enter the token/sequence counts.
+    ``token_weight`` (B,T) or (B,1) multiplies ℓ (row weights α/β, rollout IS weights) and the NLL
+    term; it does not enter the token/sequence counts. ``row_score`` (B,) is needed by
+    ``adv: outcome``, ``row_entropy`` (B,1) (:func:`row_mean_entropy`) by the parts with κ ≠ 0.
     """
+    if arm.adv == "outcome":
+        if row_score is None:
+            raise ValueError("adv='outcome' needs row_score (Σ_t token_level_scores of each row)")
+        advantages = outcome_advantage(row_score, row_entropy, arm).to(log_prob.dtype)  # (B,1)
+    if arm.needs_row_entropy and row_entropy is None:
+        raise ValueError("an entropy-weighted part (adv_entropy_exp / nll_entropy_exp != 0) needs row_entropy")
     terms = upge_token_loss(log_prob, old_log_prob, advantages, response_mask, arm)
+    if arm.adv == "outcome":
+        terms.advantage = advantages
     loss_mat = terms.loss_mat if token_weight is None else terms.loss_mat * token_weight
     loss = aggregate_arm_loss(
         loss_mat,
@@ -258,4 +355,10 @@ def upge_arm_loss(
         num_seqs=num_seqs,
         loss_scale_factor=loss_scale_factor,
     )
+    if arm.has_nll:
+        terms.nll_loss = entropy_weighted_nll(
+            log_prob, response_mask, row_entropy, arm, token_weight=token_weight, dp_size=dp_size,
+            num_tokens=num_tokens, num_seqs=num_seqs, loss_scale_factor=loss_scale_factor,
+        )
+        loss = loss + terms.nll_loss
     return loss, terms
