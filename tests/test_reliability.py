@@ -411,11 +411,11 @@ def test_skipped_steps_are_counted_and_n_in_a_row_stop_the_run(char_tok):
     assert "actor/hpt/skip_nonfinite" not in m  # replaced by the counted metrics
     m = _account(t, [1, 1], dp=2)  # DP ranks report the same decision: counted once per step
     assert m["hpt/skipped_steps"] == [2] and m["hpt/consecutive_skips"] == [2] and t._stop_reason is None
-    m = _account(t, [0], grad_norm=[1])  # a grad-norm skip is no update: the run of skips goes on
-    assert m["hpt/consecutive_skips"] == [2] and m["hpt/skipped_steps_grad_norm"] == [1]
-    m = _account(t, [1])
-    assert m["hpt/consecutive_skips"] == [3] and m["hpt/cumulative/skipped_steps"] == [4]
+    m = _account(t, [0], grad_norm=[1])  # a grad-norm skip is no update either: it counts too
+    assert m["hpt/consecutive_skips"] == [3] and m["hpt/skipped_steps_grad_norm"] == [1]
+    assert m["hpt/cumulative/skipped_steps"] == [3]
     assert "3 consecutive optimizer steps were skipped" in t._stop_reason
+    assert "1 because the pre-clip grad norm exceeded" in t._stop_reason
     assert "hpt.max_consecutive_skips=3" in t._stop_reason
     with pytest.raises(HPTStopError, match="non-finite"):
         t._get_gen_batch(None)  # the next step refuses to start

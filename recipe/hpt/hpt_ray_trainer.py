@@ -65,6 +65,27 @@ REWARD_COUNT_KEYS = {"timeout": "timeouts", "grader_error": "grader_errors"}
 # Per-optimizer-step flags reported by recipe.hpt.hpt_worker's step guard (verl prefixes actor/).
 SKIP_NONFINITE_KEY = "actor/hpt/skip_nonfinite"
 SKIP_GRAD_NORM_KEY = "actor/hpt/skip_grad_norm"
+SKIP_OVERFLOW_KEY = "actor/hpt/fp16_overflow"
+
+
+def unsupported_settings(config) -> list[str]:
+    """verl settings this trainer cannot honour, each with its reason (empty list: none).
+
+    Checked by ``main_hpt`` before Ray starts and again by the trainer's constructor.
+    """
+    problems = []
+    if not config.trainer.get("balance_batch", True):
+        problems.append(
+            "trainer.balance_batch=false: RayHPTTrainer gates and merges inside verl's _balance_batch hook, "
+            "which RayPPOTrainer.fit only calls when trainer.balance_batch=true")
+    rollout_corr = (config.get("algorithm", None) or {}).get("rollout_correction", None) or {}
+    if rollout_corr.get("bypass_mode", False):
+        problems.append(
+            "algorithm.rollout_correction.bypass_mode=true: bypass mode applies its correction inside verl's own "
+            "policy loss (loss_mode=bypass_mode), which the HPT loss replaces, and demonstration rows have no "
+            "rollout log-probs to stand in for old log-probs. Use decoupled mode (bypass_mode=false, verl's "
+            "default): the HPT loss applies verl's rollout_is_weights to rollout rows.")
+    return problems
 
 
 class HPTStopError(RuntimeError):
@@ -82,11 +103,9 @@ class RayHPTTrainer(RayPPOTrainer):
         self.gate_config = GateConfig.from_mapping(
             OmegaConf.to_container(hpt.get("gate", {}), resolve=True) if hpt else {})
         self.demo_field = str(hpt.get("demo_field", "target")) if hpt else "target"
-        if not self.config.trainer.balance_batch:
-            raise ValueError(
-                "trainer.balance_batch=false: RayHPTTrainer gates and merges inside verl's _balance_batch "
-                "hook, which RayPPOTrainer.fit only calls when trainer.balance_batch=true"
-            )
+        problems = unsupported_settings(self.config)
+        if problems:
+            raise ValueError("HPT cannot run this configuration:\n- " + "\n- ".join(problems))
         self._demo_scorer = DemoScorer.from_config(self.config)
         # Cumulative statistics (persisted in checkpoints).
         self.hpt_state: dict[str, Any] = {
@@ -112,10 +131,18 @@ class RayHPTTrainer(RayPPOTrainer):
         if "rm_scores" in batch.batch.keys() and IS_DEMO not in batch.batch.keys():
             self._count_reward_flags(batch, metrics)
             self._gate_and_merge(batch, metrics)
+        # Pad once, here, to whole mini-batches and whole DP/micro-batch shares, *before* verl's
+        # balancing: the inert rows are then placed by the balancer like any other row. Rows
+        # appended after it would shift every DP rank's contiguous share and undo the balance.
         padded, n_pad = pad_with_zero_weight_rows(batch, self._row_divisor())
         if n_pad:
             _replace_in_place(batch, padded)
         metrics["hpt/pad_rows"] = n_pad
+        self._step_metrics = metrics  # this step's dict: see _compute_old_log_prob
+        sync = getattr(self, "checkpoint_manager", None)
+        if hasattr(sync, "deferred"):  # SFT-only baseline: DeferredWeightSync
+            metrics["hpt/cumulative/weight_pushes"] = sync.pushes
+            metrics["hpt/cumulative/weight_pushes_deferred"] = sync.deferred
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
     def _gate_and_merge(self, batch: DataProto, metrics: dict) -> None:
@@ -151,10 +178,9 @@ class RayHPTTrainer(RayPPOTrainer):
         merged, mstats = merge_demonstrations(
             batch, stats, alpha, beta, demo_ids, self._pad_token_id(), placement=cfg.placement,
             demo_scores=demo_scores, demo_extra=demo_extra, demo_arms=cfg.demo_arms)
-        if mstats.demo_rows and "rollout_log_probs" in merged.batch.keys():
-            # Demonstrations were not sampled by the rollout engine: there is no rollout
-            # log-prob to compare with (verl only uses it for mismatch metrics / IS correction).
-            merged.batch.pop("rollout_log_probs")
+        # Demonstration rows keep a ``rollout_log_probs`` placeholder (zeros, from the merge): the
+        # key must stay for every row or verl drops the mismatch metric and rollout correction for
+        # the whole step. ``_compute_old_log_prob`` overwrites it with the actor's own log-probs.
         _replace_in_place(batch, merged)
 
         self.hpt_state["questions"] += mstats.num_questions
@@ -209,40 +235,83 @@ class RayHPTTrainer(RayPPOTrainer):
             self.hpt_state[f"reward_{name}"] = self.hpt_state.get(f"reward_{name}", 0) + count
             metrics[f"hpt/cumulative/reward_{name}"] = self.hpt_state[f"reward_{name}"]
 
+    def _mini_batch_rows(self) -> int:
+        """Rows per global mini-batch: verl sizes it as ppo_mini_batch_size * rollout.n."""
+        arr = self.config.actor_rollout_ref
+        return int(arr.actor.ppo_mini_batch_size) * int(arr.rollout.n)
+
     def _row_divisor(self) -> int:
-        """Rows must split evenly over the DP ranks and, without dynamic batch sizes, into the
-        log-prob micro-batches of every rank (verl's ``prepare_micro_batches`` asserts it)."""
+        """Rows must split into whole mini-batches (verl's ``make_iterator`` requires it), evenly
+        over the DP ranks, and, without dynamic batch sizes, into the log-prob micro-batches of
+        every rank (verl's ``prepare_micro_batches`` asserts it)."""
         import math
 
         arr = self.config.actor_rollout_ref
         dp = self._get_dp_size(self.actor_rollout_wg, "actor")
-        divisor = 1
+        per_rank = 1
         if not arr.rollout.get("log_prob_use_dynamic_bsz", False):
             micro = [arr.rollout.get("log_prob_micro_batch_size_per_gpu")]
             if self.use_reference_policy:
                 micro.append(arr.ref.get("log_prob_micro_batch_size_per_gpu"))
             for m in micro:
                 if m:
-                    divisor = divisor * int(m) // math.gcd(divisor, int(m))
-        return dp * divisor
+                    per_rank = math.lcm(per_rank, int(m))
+        return math.lcm(self._mini_batch_rows(), dp * per_rank)
 
     def _pad_token_id(self) -> int:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
+    # ------------------------------------------------------------------ hook 1b: old log-probs
+    def _compute_old_log_prob(self, batch: DataProto):
+        """verl's old-log-prob pass, then demonstration rows' ``rollout_log_probs`` := the actor's.
+
+        A demonstration was never sampled by the rollout engine, so it has no rollout log-prob.
+        Setting it to the actor's own log-prob makes it neutral for everything verl derives from
+        the pair, on every step and for every row, instead of dropping the key for the whole step:
+        rollout correction (decoupled mode) sees log-ratio 0 there, i.e. IS weight 1 and never a
+        rejection, and the HPT loss applies IS weights to rollout rows only anyway. verl's
+        mismatch metrics (``training/rollout_probs_diff_*``, computed by ``fit`` right after this
+        call over every row) would be diluted by those zero differences, so the same metrics are
+        computed here over the sampled rows alone and replace verl's before the update.
+        """
+        old_log_prob, mfu = super()._compute_old_log_prob(batch)
+        keys = batch.batch.keys()
+        if "rollout_log_probs" in keys and IS_DEMO in keys:
+            from verl.utils.debug.metrics import calculate_debug_metrics
+
+            demo = batch.batch[IS_DEMO] > 0  # (B,) demonstration rows (any arm)
+            if bool(demo.any()):
+                actor_lp = old_log_prob.batch["old_log_probs"]  # (B, T)
+                rollout_lp = batch.batch["rollout_log_probs"]  # (B, T)
+                rollout_lp[demo] = actor_lp[demo].to(rollout_lp.dtype)
+                sampled = torch.nonzero(~demo).flatten()
+                view = batch.select_idxs(sampled.numpy())
+                view.batch["old_log_probs"] = actor_lp[sampled]
+                # No sampled row at all: verl's own "no valid token" answer (valid 0, NaN values).
+                self._rollout_debug_metrics = calculate_debug_metrics(view)
+        return old_log_prob, mfu
+
     # ------------------------------------------------------------------ hook 2: pad + annotate
     def _update_actor(self, batch: DataProto) -> DataProto:
         from verl_ext.loss.batch_keys import annotate_arm_token_counts
 
-        mini = int(self.config.actor_rollout_ref.actor.ppo_mini_batch_size) * int(
-            self.config.actor_rollout_ref.rollout.n)
+        mini = self._mini_batch_rows()
         dp = self._get_dp_size(self.actor_rollout_wg, "actor")
-        padded, n_pad = pad_with_zero_weight_rows(batch, mini)
+        if len(batch) % mini:  # hook 1 pads to whole mini-batches; anything else is a bug here
+            raise RuntimeError(f"HPT: {len(batch)} rows reached the update, not a multiple of the "
+                               f"{mini}-row mini-batch (hook 1 should have padded them)")
         if self.config.actor_rollout_ref.actor.get("shuffle", False):
             # Shuffling regroups rows into mini-batches after the per-arm totals were computed.
             raise ValueError("actor.shuffle=true breaks the per-mini-batch arm totals; HPT needs shuffle=false")
-        annotate_arm_token_counts(padded, mini_batch_size=mini, dp_size=dp)
-        out = super()._update_actor(padded)
+        # verl computed its rollout-vs-actor mismatch metrics over all rows just before; replace
+        # them by those of the sampled rows only (see _compute_old_log_prob).
+        step_metrics = getattr(self, "_step_metrics", None)
+        if step_metrics is not None and getattr(self, "_rollout_debug_metrics", None):
+            step_metrics.update(self._rollout_debug_metrics)
+        self._rollout_debug_metrics = None
+        annotate_arm_token_counts(batch, mini_batch_size=mini, dp_size=dp)
+        out = super()._update_actor(batch)
         metrics = out.meta_info["metrics"]
         # An arm with no rows in a mini-batch reports ratio min/max as +/-inf (the identity of
         # the cross-micro-batch min/max); drop those instead of logging infinities.
@@ -252,13 +321,17 @@ class RayHPTTrainer(RayPPOTrainer):
                 metrics[key] = vals
             else:
                 metrics.pop(key)
-        metrics["hpt/pad_rows_update"] = n_pad
         self._account_skips(metrics, dp)
         return out
 
     def _account_skips(self, metrics: dict, dp: int) -> None:
         """Count the optimizer steps the worker's guard skipped (flags per mini-batch and DP rank)
-        and arm the stop after ``hpt.max_consecutive_skips`` non-finite ones in a row."""
+        and arm the stop after ``hpt.max_consecutive_skips`` skipped steps in a row.
+
+        Both kinds of skip count towards the stop: a non-finite loss/gradient, and a finite pre-clip
+        norm above ``hpt.skip_grad_norm_above``. A run in which every step exceeds the threshold
+        (e.g. a norm read in the wrong units) trains nothing and must not go on silently. An fp16
+        overflow (the GradScaler skipping while its scale calibrates) neither counts nor resets."""
         def per_step(key):
             flags = np.asarray(metrics.pop(key, []) or [], dtype=np.float64).ravel()
             if dp > 1 and flags.size % dp == 0:
@@ -266,26 +339,33 @@ class RayHPTTrainer(RayPPOTrainer):
             return flags > 0
 
         nonfinite, grad_norm = per_step(SKIP_NONFINITE_KEY), per_step(SKIP_GRAD_NORM_KEY)
+        overflow = per_step(SKIP_OVERFLOW_KEY)
         st = self.hpt_state
-        for i, bad in enumerate(nonfinite):
-            if bad:
+        for i in range(max(nonfinite.size, grad_norm.size, overflow.size)):
+            if (i < nonfinite.size and nonfinite[i]) or (i < grad_norm.size and grad_norm[i]):
                 st["consecutive_skips"] += 1
-            elif not (i < grad_norm.size and grad_norm[i]):
+            elif not (i < overflow.size and overflow[i]):
                 st["consecutive_skips"] = 0  # a real update happened
         st["skipped_steps"] += int(nonfinite.sum())
         st["skipped_steps_grad_norm"] += int(grad_norm.sum())
+        st["fp16_overflows"] = st.get("fp16_overflows", 0) + int(overflow.sum())
         metrics["hpt/skipped_steps"] = [int(nonfinite.sum())]
         metrics["hpt/skipped_steps_grad_norm"] = [int(grad_norm.sum())]
+        metrics["hpt/fp16_overflows"] = [int(overflow.sum())]
         metrics["hpt/consecutive_skips"] = [st["consecutive_skips"]]
         metrics["hpt/cumulative/skipped_steps"] = [st["skipped_steps"]]
+        metrics["hpt/cumulative/skipped_steps_grad_norm"] = [st["skipped_steps_grad_norm"]]
         limit = self.max_consecutive_skips
         if limit and st["consecutive_skips"] >= limit:
+            threshold = (self.config.get("hpt", None) or {}).get("skip_grad_norm_above", None)
             self._stop_reason = (
-                f"HPT: stopping the run: {st['consecutive_skips']} consecutive optimizer steps were skipped because "
-                f"the loss or the gradient was non-finite (NaN/inf) (hpt.max_consecutive_skips={limit}; last at "
-                f"training step {self.global_steps}; {st['skipped_steps']} skipped in total). The parameters and "
-                f"optimizer state are those of the last good step. Check the data, the learning rate and the loss "
-                f"settings, then resume from the last checkpoint.")
+                f"HPT: stopping the run: {st['consecutive_skips']} consecutive optimizer steps were skipped "
+                f"(hpt.max_consecutive_skips={limit}; last at training step {self.global_steps}; in total "
+                f"{st['skipped_steps']} because the loss or the gradient was non-finite (NaN/inf), "
+                f"{st['skipped_steps_grad_norm']} because the pre-clip grad norm exceeded "
+                f"hpt.skip_grad_norm_above={threshold}). The parameters and optimizer state are those of the "
+                f"last good step. Check the data, the learning rate and the loss settings (or raise "
+                f"hpt.skip_grad_norm_above, or set it to null), then resume from the last checkpoint.")
             logger.error(self._stop_reason)
 
     def _get_gen_batch(self, batch: DataProto) -> DataProto:
@@ -335,10 +415,13 @@ class RayHPTTrainer(RayPPOTrainer):
     def init_workers(self):
         super().init_workers()
         if not self.gate_config.needs_rollouts:
-            from verl_ext.hpt.demo_rollout import DemonstrationRolloutManager
+            from verl_ext.hpt.demo_rollout import DeferredWeightSync, DemonstrationRolloutManager
 
+            # No training-time generation: weight pushes wait until validation samples.
+            self.checkpoint_manager = DeferredWeightSync(self.checkpoint_manager)
             self.async_rollout_manager = DemonstrationRolloutManager(
-                self.async_rollout_manager, self.tokenizer, self.config, demo_field=self.demo_field)
+                self.async_rollout_manager, self.tokenizer, self.config, demo_field=self.demo_field,
+                before_rollout=self.checkpoint_manager.flush)
 
     # ------------------------------------------------------------------ hook 4: checkpoints
     def _save_checkpoint(self):

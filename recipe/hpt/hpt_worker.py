@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 FAULT_ENV = "HPT_FAULT_NONFINITE_GRAD"
 SKIP_NONFINITE = "hpt/skip_nonfinite"
 SKIP_GRAD_NORM = "hpt/skip_grad_norm"
+SKIP_OVERFLOW = "hpt/fp16_overflow"  # fp16 only: the GradScaler skipped the step and lowered its scale
 
 
 class HPTActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -73,7 +74,13 @@ def parse_fault_spec(spec: Optional[str]):
 
 
 def _total_grad_norm(engine) -> torch.Tensor:
-    """Pre-clip global L2 gradient norm (collective under FSDP), without changing the gradients."""
+    """Pre-clip global L2 gradient norm (collective under FSDP), without changing the gradients.
+
+    Under fp16 verl's engine holds a ``GradScaler`` (``engine.scaler``) and the gradients are still
+    multiplied by its scale S here: verl unscales them inside ``optimizer_step``, after this guard
+    has run. ‖g/S‖ = ‖g‖/S, so the true norm is the scaled one divided by S, read without touching
+    the scaler's state (calling ``scaler.unscale_`` here would make verl's own call raise).
+    """
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.tensor import DTensor
     from verl.utils.fsdp_utils import FSDPModule, fsdp2_clip_grad_norm_
@@ -90,6 +97,9 @@ def _total_grad_norm(engine) -> torch.Tensor:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=math.inf)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
+    scaler = getattr(engine, "scaler", None)
+    if scaler is not None and getattr(scaler, "is_enabled", lambda: True)():
+        norm = norm / float(scaler.get_scale())
     return norm
 
 
@@ -156,6 +166,13 @@ def install_step_guard(engine, grad_norm_threshold: Optional[float] = None, inje
             return _skip("nonfinite", float("nan"))
         if grad_norm_threshold is not None:
             norm = _total_grad_norm(engine)
+            if not torch.isfinite(norm) and getattr(engine, "scaler", None) is not None:
+                # fp16 overflow: the scaler's own business. verl's step lets ``scaler.step`` skip
+                # the update and ``scaler.update`` lower the scale, as every fp16 run does while
+                # its scale calibrates; reported apart, not counted as a failure.
+                original_step()
+                state["last"] = "overflow"
+                return norm
             if not torch.isfinite(norm):
                 logger.warning("HPT: non-finite gradient norm %s, skipping this optimizer step", float(norm))
                 return _skip("nonfinite", norm)
@@ -165,7 +182,10 @@ def install_step_guard(engine, grad_norm_threshold: Optional[float] = None, inje
                 return _skip("grad_norm", norm)
         norm = original_step()  # verl: clip, then zero_grad (non-finite) or optimizer.step()
         value = float(norm.item() if isinstance(norm, torch.Tensor) else norm)
-        state["last"] = None if math.isfinite(value) else "nonfinite"
+        if math.isfinite(value):
+            state["last"] = None
+        else:  # with a scaler verl's step already let it skip and back off: an fp16 overflow
+            state["last"] = "overflow" if getattr(engine, "scaler", None) is not None else "nonfinite"
         return norm
 
     def train_batch(data, loss_function):
@@ -175,6 +195,7 @@ def install_step_guard(engine, grad_norm_threshold: Optional[float] = None, inje
             # lists, like the per-micro-batch metrics verl gathers over DP and flattens
             outputs["metrics"][SKIP_NONFINITE] = [1.0 if state["last"] == "nonfinite" else 0.0]
             outputs["metrics"][SKIP_GRAD_NORM] = [1.0 if state["last"] == "grad_norm" else 0.0]
+            outputs["metrics"][SKIP_OVERFLOW] = [1.0 if state["last"] == "overflow" else 0.0]
         return outputs
 
     engine.forward_backward_batch = forward_backward_batch

@@ -18,7 +18,9 @@ import hydra
 import ray
 from omegaconf import OmegaConf, open_dict
 
+from recipe.hpt.hpt_ray_trainer import unsupported_settings
 from recipe.hpt.runtime import prepare_runtime
+from verl_ext.hpt.environment import check_attention_implementation
 from verl_ext.hpt.validation import validate_data, validate_hpt_config
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
@@ -102,6 +104,10 @@ def run_hpt(config):
     from verl.utils.device import auto_set_device
 
     validate_hpt_config(config)  # before Ray and any worker: a bad setting fails in seconds
+    check_attention_implementation(config)
+    unsupported = unsupported_settings(config)
+    if unsupported:
+        raise ValueError("HPT cannot run this configuration:\n- " + "\n- ".join(unsupported))
     prepare_runtime(config)
     auto_set_device(config)
     config = migrate_legacy_reward_impl(config)

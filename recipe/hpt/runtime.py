@@ -29,7 +29,8 @@ def _add_module(value: str | None, module: str) -> str:
 # Set in the launching shell, these must reach the TaskRunner and workers too.
 # HPT_FAULT_NONFINITE_GRAD is test-only fault injection (recipe/hpt/hpt_worker.py).
 FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT", "HPT_HF_ROLLOUT_THREADS", "HF_HOME",
-                 "HPT_REWARD_WORKERS", "HPT_FAULT_NONFINITE_GRAD")
+                 "HPT_REWARD_WORKERS", "HPT_FAULT_NONFINITE_GRAD", "VLLM_CPU_KVCACHE_SPACE",
+                 "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
 
 
 def runtime_env_vars(config: DictConfig) -> dict[str, str]:
@@ -43,6 +44,10 @@ def runtime_env_vars(config: DictConfig) -> dict[str, str]:
             # A CPU run has nothing to download: fail fast instead of waiting on the network.
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         })
+        if str(config.actor_rollout_ref.rollout.get("name", "")) == "vllm":
+            # vLLM's CPU backend reserves its KV cache in host memory (GiB; its default of 4 per
+            # engine is far more than a test model needs on a 24 GiB machine).
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return env
 
 
@@ -57,6 +62,8 @@ def prepare_runtime(config: DictConfig) -> None:
         env_vars = runtime_env.get("env_vars") or OmegaConf.create({})
         for k, v in env.items():
             env_vars[k] = v
+        for k in list(env_vars.keys()):  # Ray rejects non-string env values (e.g. a Hydra int)
+            env_vars[k] = str(env_vars[k])
         runtime_env["env_vars"] = env_vars
 
     import importlib

@@ -10,6 +10,7 @@ rollout manager, so evaluation still samples from the policy.
 from __future__ import annotations
 
 import time
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -18,18 +19,63 @@ from verl import DataProto
 from verl_ext.hpt.merge import encode_demonstrations, position_ids_from_mask
 
 
+class DeferredWeightSync:
+    """verl's ``CheckpointEngineManager`` with weight pushes deferred until a rollout needs them.
+
+    ``RayPPOTrainer.fit`` pushes the actor's weights to the rollout engine after every update
+    (``checkpoint_manager.update_weights``) and puts it to sleep after every generation
+    (``sleep_replicas``). The SFT-only baseline generates nothing during training, so each of those
+    pushes (on GPU: waking vLLM, moving every weight, releasing and re-allocating the KV cache) is
+    pure cost. Here ``update_weights`` only records that the rollout is stale; :meth:`flush` (called
+    by :class:`DemonstrationRolloutManager` before it forwards a validation batch to the real
+    rollout) makes the one push that generation needs, and ``sleep_replicas`` is forwarded only
+    when a push woke the replicas. ``pushes`` / ``deferred`` count both, for the step metrics.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.pending_step: Optional[int] = None
+        self.stale = False
+        self.awake = False
+        self.pushes = 0
+        self.deferred = 0
+
+    def __getattr__(self, name):  # everything else is verl's manager's
+        return getattr(self.inner, name)
+
+    def update_weights(self, global_steps: Optional[int] = None):
+        self.pending_step, self.stale = global_steps, True
+        self.deferred += 1
+        return {}
+
+    def flush(self) -> None:
+        if self.stale:
+            self.inner.update_weights(self.pending_step)
+            self.stale, self.awake = False, True
+            self.pushes += 1
+
+    def sleep_replicas(self):
+        if self.awake:
+            self.inner.sleep_replicas()
+            self.awake = False
+
+
 class DemonstrationRolloutManager:
-    def __init__(self, inner, tokenizer, config, demo_field: str = "target"):
+    def __init__(self, inner, tokenizer, config, demo_field: str = "target",
+                 before_rollout: Optional[Callable[[], None]] = None):
         self.inner = inner
         self.tokenizer = tokenizer
         self.config = config
         self.demo_field = demo_field
+        self.before_rollout = before_rollout  # e.g. DeferredWeightSync.flush
 
     def __getattr__(self, name):  # everything else (sleep, wake_up, ...) is the real manager's
         return getattr(self.inner, name)
 
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         if prompts.meta_info.get("validate", False):
+            if self.before_rollout is not None:
+                self.before_rollout()  # the policy samples here: its weights must be current
             return self.inner.generate_sequences(prompts)
         t0 = time.perf_counter()
         rollout = self.config.actor_rollout_ref.rollout

@@ -1,0 +1,273 @@
+"""The GPU user's first-run failures (issue 14, items 1-6), each pinned on CPU without a GPU.
+
+1. verl's default attention (flash_attention_2) without flash_attn: a start-up error, not a crash
+   inside the worker.
+2. ``rollout_log_probs`` survives the merge for every row; demonstration rows get the actor's own
+   log-probs (neutral for rollout correction) and the mismatch metric covers sampled rows only.
+3. ``algorithm.rollout_correction.bypass_mode=true``: rejected at start-up.
+4. fp16: the grad-norm guard reads the unscaled norm (a real GradScaler), overflow is the scaler's.
+5. SFT-only baseline: no weight push unless something samples.
+6. Padding rows are placed by verl's balancing, not appended after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from verl import DataProto
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+from tests.test_gate import make_rollout_batch
+from tests.test_reliability import _bare_trainer, _data, _mse, _snapshot, _StubEngine, char_tok  # noqa: F401 (fixture)
+from verl_ext.hpt.gate import GateConfig
+from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT
+
+
+def _trainer(char_tok, dp=1, mini=2, n=4, gamma=0.5):
+    t = _bare_trainer(char_tok, gate=GateConfig(strategy="switch", gamma=gamma))
+    t.config = OmegaConf.create({
+        "actor_rollout_ref": {"rollout": {"response_length": 8, "n": n, "log_prob_use_dynamic_bsz": True},
+                              "actor": {"ppo_mini_batch_size": mini, "shuffle": False}},
+        "trainer": {"default_local_dir": "/nonexistent"}})
+    t.use_reference_policy = False
+    t.actor_rollout_wg = None
+    t._get_dp_size = lambda wg, role: dp
+    return t
+
+
+# ------------------------------------------------------------------ 2. rollout log-probs kept
+def _fake_old_log_prob(monkeypatch, actor_lp):
+    def compute(self, batch):
+        return DataProto.from_dict(tensors={"old_log_probs": actor_lp.clone(),
+                                            "entropys": torch.zeros_like(actor_lp)}), 0.0
+    monkeypatch.setattr(RayPPOTrainer, "_compute_old_log_prob", compute)
+
+
+def test_rollout_log_probs_survive_the_merge_and_demo_rows_become_neutral(char_tok, monkeypatch):
+    from verl.utils.debug.metrics import calculate_debug_metrics
+
+    batch = make_rollout_batch([(4, 0), (4, 1), (4, 3), (4, 4)], seed=5)  # γ = 0.5 gates q0, q1
+    t = _trainer(char_tok)
+    metrics = {}
+    t._balance_batch(batch, metrics)
+    assert "rollout_log_probs" in batch.batch.keys()  # today: popped on every step with a demo row
+    demo = batch.batch[IS_DEMO] > 0
+    assert int(demo.sum()) == 2 and int((~demo).sum()) >= 8
+    # the actor's log-probs: close to the rollout's on sampled rows, anything on demonstrations
+    g = torch.Generator().manual_seed(0)
+    rollout_lp = batch.batch["rollout_log_probs"].clone()
+    actor_lp = rollout_lp + 1e-3 * torch.randn(rollout_lp.shape, generator=g)
+    actor_lp[demo] = -3.0 * torch.rand((int(demo.sum()), rollout_lp.shape[1]), generator=g)
+    _fake_old_log_prob(monkeypatch, actor_lp)
+    old, _ = t._compute_old_log_prob(batch)
+    batch.union(old)
+    # demonstration rows: the actor's own log-probs, i.e. log-ratio 0 ...
+    assert torch.equal(batch.batch["rollout_log_probs"][demo], actor_lp[demo])
+    assert torch.equal(batch.batch["rollout_log_probs"][~demo], rollout_lp[~demo])
+    # ... so verl's rollout correction gives them IS weight 1 and rejects none of their tokens
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+
+    cfg = RolloutCorrectionConfig(rollout_is="token", rollout_is_threshold=2.0)
+    batch, _ = compute_rollout_correction_and_add_to_batch(batch, cfg)
+    w = batch.batch["rollout_is_weights"]
+    rmask = batch.batch["response_mask"].bool()
+    assert torch.allclose(w[demo][rmask[demo]], torch.ones(()))
+    assert not torch.allclose(w[~demo][rmask[~demo]], torch.ones(()))  # sampled rows: real weights
+    # verl's metric over all rows (what fit logs first) is diluted by the demonstrations' zeros;
+    # the trainer replaces it, before the update, by the sampled rows' own.
+    metrics.update(calculate_debug_metrics(batch))
+    diluted = metrics["training/rollout_probs_diff_mean"]
+    monkeypatch.setattr(RayPPOTrainer, "_update_actor",
+                        lambda self, b: DataProto(meta_info={"metrics": {}}))
+    t._update_actor(batch)
+    sampled = batch.select_idxs(torch.nonzero(~demo).flatten().numpy())
+    expected = calculate_debug_metrics(sampled)["training/rollout_probs_diff_mean"]
+    assert metrics["training/rollout_probs_diff_mean"] == pytest.approx(expected, rel=1e-12)
+    assert expected > diluted * 1.05
+
+
+def test_all_demonstration_step_reports_no_valid_mismatch(char_tok, monkeypatch):
+    batch = make_rollout_batch([(4, 0), (4, 0)], seed=6)  # every question gated: only demo rows
+    t = _trainer(char_tok, mini=1)
+    metrics = {}
+    t._balance_batch(batch, metrics)
+    assert bool((batch.batch[IS_DEMO] > 0).all())
+    _fake_old_log_prob(monkeypatch, torch.zeros_like(batch.batch["rollout_log_probs"]))
+    t._compute_old_log_prob(batch)
+    assert t._rollout_debug_metrics["training/rollout_probs_diff_valid"] == 0
+
+
+# ------------------------------------------------------------------ 3. bypass mode
+def test_bypass_mode_is_rejected_at_start_up():
+    from recipe.hpt.hpt_ray_trainer import unsupported_settings
+
+    base = {"trainer": {"balance_batch": True}, "algorithm": {"rollout_correction": {"bypass_mode": False}}}
+    assert unsupported_settings(OmegaConf.create(base)) == []
+    base["algorithm"]["rollout_correction"]["bypass_mode"] = True
+    problems = unsupported_settings(OmegaConf.create(base))
+    assert len(problems) == 1 and "algorithm.rollout_correction.bypass_mode=true" in problems[0]
+    assert "bypass_mode=false" in problems[0]
+
+
+# ------------------------------------------------------------------ 4. fp16 grad-norm guard
+class _Fp16Engine(_StubEngine):
+    """verl's FSDPEngine under fp16: a GradScaler scales the loss before backward and is unscaled
+    inside verl's own ``optimizer_step`` (called unbound, as the real engine's)."""
+
+    def __init__(self, seed=0, init_scale=2.0 ** 16):
+        super().__init__(seed)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=400)
+
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        loss = loss_function(self.module, data)
+        self.scaler.scale(loss).backward()
+        return {"loss": [loss.item()], "metrics": {}}
+
+
+def _fp16_guarded(threshold, inject=None):
+    from recipe.hpt.hpt_worker import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW, install_step_guard
+
+    eng = _Fp16Engine()
+    install_step_guard(eng, threshold, inject=inject)
+    return eng, SKIP_NONFINITE, SKIP_GRAD_NORM, SKIP_OVERFLOW
+
+
+def test_fp16_guard_reads_the_unscaled_grad_norm():
+    eng, NF, GN, OV = _fp16_guarded(threshold=80.0)
+    before = _snapshot(eng)
+    out = eng.train_batch(_data(), _mse)
+    # the true norm is O(1); scaled by 2^16 it is far above 80 and every step used to be skipped
+    assert out["metrics"][GN] == [0.0] and out["metrics"][NF] == [0.0] and out["metrics"][OV] == [0.0]
+    assert 0 < float(out["metrics"]["grad_norm"]) < 80
+    after = _snapshot(eng)
+    assert not torch.equal(before[0]["0.weight"], after[0]["0.weight"])  # it trained
+    assert int(eng.optimizer.state_dict()["state"][0]["step"]) == 1
+
+
+def test_fp16_guard_still_skips_a_truly_large_norm():
+    eng, NF, GN, _ = _fp16_guarded(threshold=1e-3)
+    before = _snapshot(eng)
+    out = eng.train_batch(_data(scale=100.0), _mse)
+    assert out["metrics"][GN] == [1.0] and out["metrics"][NF] == [0.0]
+    assert _snapshot(eng)[0]["0.weight"].equal(before[0]["0.weight"])
+
+
+def test_fp16_overflow_is_left_to_the_scaler_and_not_counted_as_a_failure():
+    eng, NF, GN, OV = _fp16_guarded(threshold=80.0, inject={1})  # inf/NaN gradients at step 1
+    scale0 = float(eng.scaler.get_scale())
+    out = eng.train_batch(_data(), _mse)
+    assert out["metrics"][OV] == [1.0] and out["metrics"][NF] == [0.0] and out["metrics"][GN] == [0.0]
+    assert float(eng.scaler.get_scale()) == scale0 / 2  # the scaler backed off, as in any fp16 run
+    out = eng.train_batch(_data(2), _mse)  # next step trains normally
+    assert out["metrics"][OV] == [0.0] and math.isfinite(float(out["metrics"]["grad_norm"]))
+
+
+def test_grad_norm_skips_count_towards_the_stop(char_tok):
+    t = _bare_trainer(char_tok, max_skips=3)
+    metrics = {"actor/hpt/skip_nonfinite": [0.0, 0.0, 0.0], "actor/hpt/skip_grad_norm": [1.0, 1.0, 1.0]}
+    t._account_skips(metrics, 1)
+    assert metrics["hpt/consecutive_skips"] == [3] and t._stop_reason is not None
+    assert "hpt.skip_grad_norm_above" in t._stop_reason
+    t2 = _bare_trainer(char_tok, max_skips=3)  # fp16 overflows neither count nor reset
+    m = {"actor/hpt/skip_nonfinite": [1.0, 0.0, 1.0], "actor/hpt/skip_grad_norm": [0.0] * 3,
+         "actor/hpt/fp16_overflow": [0.0, 1.0, 0.0]}
+    t2._account_skips(m, 1)
+    assert m["hpt/consecutive_skips"] == [2] and m["hpt/fp16_overflows"] == [1]
+
+
+# ------------------------------------------------------------------ 5. SFT-only: no pushes
+class _CountingManager:
+    def __init__(self):
+        self.calls = []
+
+    def update_weights(self, global_steps=None):
+        self.calls.append(("update_weights", global_steps))
+
+    def sleep_replicas(self):
+        self.calls.append(("sleep_replicas",))
+
+
+def test_sft_only_baseline_defers_weight_pushes_until_validation(char_tok):
+    from verl_ext.hpt.demo_rollout import DeferredWeightSync, DemonstrationRolloutManager
+
+    inner = _CountingManager()
+    sync = DeferredWeightSync(inner)
+
+    class _Rollout:
+        def generate_sequences(self, prompts):
+            return "sampled"
+
+    mgr = DemonstrationRolloutManager(_Rollout(), char_tok, None, before_rollout=sync.flush)
+    for step in range(1, 4):  # what fit does around three training steps
+        sync.sleep_replicas()  # after (stand-in) generation
+        sync.update_weights(step)  # after each update
+    assert inner.calls == [] and sync.deferred == 3 and sync.pushes == 0
+    assert mgr.generate_sequences(DataProto(meta_info={"validate": True})) == "sampled"
+    assert inner.calls == [("update_weights", 3)] and sync.pushes == 1  # one push, the latest weights
+    mgr.generate_sequences(DataProto(meta_info={"validate": True}))
+    assert sync.pushes == 1  # nothing changed since: no second push
+    sync.sleep_replicas()
+    sync.sleep_replicas()
+    assert inner.calls[-1] == ("sleep_replicas",) and len(inner.calls) == 2
+
+
+# ------------------------------------------------------------------ 6. padding before balance
+def _rank_tokens(batch, dp):
+    tokens = batch.batch["attention_mask"].sum(-1).float()
+    return [float(c.sum()) for c in tokens.chunk(dp)]
+
+
+def test_padding_rows_are_placed_by_the_balancer(char_tok, monkeypatch):
+    # 6 questions x 4 rollouts; γ = 0.5 gates q0..q2 to one SFT row each: 3 + 12 = 15 rows;
+    # mini-batch = 5 x 4 = 20 rows, dp = 2: 5 inert rows, all of them before verl balances.
+    spec = [(4, 0), (4, 1), (4, 2), (4, 3), (4, 4), (4, 3)]
+    batch = make_rollout_batch(spec, seed=11, prompt_len=6, response_len=24)
+    t = _trainer(char_tok, dp=2, mini=5)
+    metrics = {}
+    t._balance_batch(batch, metrics)
+    assert len(batch) == 20 and metrics["hpt/pad_rows"] == 5
+    balanced_order = batch.batch["input_ids"].clone()
+    seen = {}
+
+    def update(self, b):
+        seen["batch"] = b
+        return DataProto(meta_info={"metrics": {}})
+
+    monkeypatch.setattr(RayPPOTrainer, "_update_actor", update)
+    batch.batch["advantages"] = torch.zeros_like(batch.batch["response_mask"], dtype=torch.float32)
+    t._update_actor(batch)
+    updated = seen["batch"]
+    assert len(updated) == 20 and torch.equal(updated.batch["input_ids"], balanced_order)  # nothing appended
+    ranks = _rank_tokens(updated, 2)
+    longest = float(batch.batch["attention_mask"].sum(-1).max())
+    assert abs(ranks[0] - ranks[1]) <= longest  # verl's balance survives to the update
+    assert (updated.batch[ROW_WEIGHT] == 0).sum() == 5
+
+
+# ------------------------------------------------------------------ 1. attention implementation
+def test_flash_attention_without_flash_attn_is_a_start_up_error(monkeypatch):
+    from verl_ext.hpt.environment import check_attention_implementation
+
+    cfg = OmegaConf.create({"actor_rollout_ref": {"model": {"path": "m"}}, "trainer": {"device": "cuda"}})
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "flash_attn" else object())
+    with pytest.raises(ValueError) as err:
+        check_attention_implementation(cfg)  # verl's default: flash_attention_2
+    msg = str(err.value)
+    assert "flash_attn" in msg and "pip install flash-attn" in msg
+    assert "+actor_rollout_ref.model.override_config.attn_implementation=sdpa" in msg
+    ok = OmegaConf.create({"actor_rollout_ref": {"model": {"path": "m", "override_config":
+                                                           {"attn_implementation": "sdpa"}}},
+                           "trainer": {"device": "cuda"}})
+    check_attention_implementation(ok)
+    ok.actor_rollout_ref.model.use_remove_padding = True  # remove padding unpads with flash_attn on GPU
+    with pytest.raises(ValueError, match="use_remove_padding=true"):
+        check_attention_implementation(ok)
+    cpu = OmegaConf.create({"actor_rollout_ref": {"model": {"path": "m"}}, "trainer": {"device": "cpu"}})
+    check_attention_implementation(cpu)  # the CPU platform never uses flash_attn
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    check_attention_implementation(cfg)  # flash_attn installed: verl's default works
