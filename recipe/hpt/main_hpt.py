@@ -6,7 +6,9 @@ the trainer subclass, launched through verl's own ``run_ppo`` (Ray init + remote
 Start-up checks (:mod:`verl_ext.hpt.validation`): the config is validated in ``run_hpt`` before
 Ray starts; the data rows in ``HPTTaskRunner.run`` with the run's tokenizer, before the datasets,
 the trainer or any worker exist (a bad row raises, or with ``hpt.data.on_bad_row=skip`` is removed
-and counted; the counts reach the trainer's first-step metrics and ``hpt_summary.json``).
+and counted; the counts reach the trainer's first-step metrics and ``hpt_summary.json``). The
+reward function in use is printed (:func:`verl_ext.hpt.demo_scoring.resolve_reward`) and every
+data_source and a sample of the demonstrations are scored with it before any worker starts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from omegaconf import OmegaConf, open_dict
 from recipe.hpt.hpt_ray_trainer import unsupported_settings
 from recipe.hpt.runtime import prepare_runtime
 from verl_ext.hpt.environment import check_attention_implementation
+from verl_ext.hpt.demo_scoring import resolve_reward
 from verl_ext.hpt.validation import validate_data, validate_hpt_config
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
@@ -57,8 +60,13 @@ class HPTTaskRunner(BaseTaskRunner):
 
         model_config: HFModelConfig = omega_conf_to_dataclass(config.actor_rollout_ref.model)
         tokenizer, processor = model_config.tokenizer, model_config.processor
-        # Every row checked before anything is built; may point data.*_files at filtered copies.
-        data_report = validate_data(config, tokenizer)
+        # Which function grades the rollouts, and why (custom function or verl's data_source dispatch).
+        reward = resolve_reward(config)
+        print(reward.describe())
+        # Every row checked before anything is built (the contract, verl_ext/data/contract.py; each
+        # data_source and a sample of demonstrations scored with `reward`); may point data.*_files at
+        # filtered copies.
+        data_report = validate_data(config, tokenizer, reward=reward)
 
         actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)
         self.add_critic_worker(config)

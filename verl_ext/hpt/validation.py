@@ -15,6 +15,10 @@ reason                   row problem
 prompt_missing           ``data.prompt_key`` (``prompt``) absent, null, an empty list or all blank
 prompt_not_string        not a list of ``{role, content}`` messages with string role and content
 prompt_too_long          chat-templated prompt (tokenised as verl does) > ``data.max_prompt_length``
+data_source_missing      ``data_source`` absent, null or blank (verl's reward loop reads it)
+data_source_not_string   ``data_source`` is not a string
+extra_info_not_mapping   ``extra_info`` present but not a mapping
+index_bad_type           ``extra_info.index`` neither an int nor a non-empty string
 ground_truth_missing     ``reward_model.ground_truth`` absent, null or blank
 ground_truth_not_string  neither a string nor a non-empty list of strings
 demo_missing             ``extra_info[hpt.demo_field]`` absent, null or blank     (train, gate can SFT)
@@ -22,16 +26,33 @@ demo_not_string          the demonstration is not a string                      
 demo_too_long            demonstration + EOS > ``rollout.response_length`` tokens (train, gate can SFT)
 =======================  ==========================================================================
 
+The field list, types and purposes are the data contract, :mod:`verl_ext.data.contract` (the
+per-field checks live there too).
+
 What happens to a bad row is ``hpt.data.on_bad_row``: ``error`` (default) raises one
 :class:`DataValidationError` naming file, row (0-based, in the file) and field of the first
 problems; ``skip`` removes the row from what verl trains on, counted per reason and logged. Two
 exceptions: an over-long prompt is always a counted skip when ``data.filter_overlong_prompts`` is
 true (verl would drop it anyway), and an over-long demonstration follows ``hpt.data.on_long_demo``:
 ``truncate`` (default, the release's behaviour: kept, counted, cut to the response length by the
-merge), ``skip`` or ``error``. Demonstration checks only run when the gate can route a question to
+merge), ``skip`` or ``error``; and a missing demonstration follows ``hpt.data.on_missing_demo``:
+``error``, ``skip``, or ``rl`` (kept and counted as ``hpt/data/demos_missing_rl``; when the gate
+routes such a question to SFT the trainer trains it with RL on its rollouts instead, counted per step
+as ``hpt/demo_missing``); null (default) follows ``on_bad_row``. Demonstration checks only run when the gate can route a question to
 SFT (:func:`gate_can_choose_sft`: every strategy but ``never``, ``fixed`` with β = 0, a soft table
 without β > 0). A file where *no* row has the demonstration field is a configuration error in any
 mode.
+
+Reward checks (when the caller passes the run's reward, as ``main_hpt`` does; see
+:mod:`verl_ext.hpt.demo_scoring`): one row of every ``data_source`` of every file is scored with
+the run's reward function, so a ``data_source`` it cannot score (verl's dispatch raises
+``NotImplementedError`` for names it does not know) stops the start naming file, row and field
+instead of crashing a reward worker at step 1; and up to ``hpt.data.demo_check_rows``
+demonstrations of each train file (all of them when the file has fewer rows; a seeded sample
+otherwise) are scored against their ground truths. When fewer than ``hpt.data.demo_check_min_rate``
+of them reach ``hpt.gate.correct_threshold`` the start stops, naming failing rows and the likely
+cause (``#### N`` vs ``\\boxed{}``, wrong ``data_source``, ground-truth format). The rate is
+logged (``hpt/data/demo_reward_pass_rate``) and kept in ``hpt_summary.json``.
 
 Skipping writes a filtered copy of each affected file (pyarrow ``take`` of the kept rows, schema
 unchanged) to ``hpt.data.filtered_dir`` (default ``<trainer.default_local_dir>/hpt_data``) and points
@@ -53,14 +74,47 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
+from verl_ext.data.contract import (  # noqa: F401  (check_* re-exported: the per-field checks)
+    check_data_source,
+    check_demo,
+    check_extra_info,
+    check_ground_truth,
+    check_index,
+    check_prompt,
+)
 from verl_ext.hpt.gate import GateConfig
 
 logger = logging.getLogger(__name__)
 
 ON_BAD_ROW = ("error", "skip")
 ON_LONG_DEMO = ("truncate", "skip", "error")
-DATA_KEYS = {"validate", "on_bad_row", "on_long_demo", "filtered_dir", "max_errors_shown"}
+ON_MISSING_DEMO = ("error", "skip", "rl")
 PASS_RATE_STRATEGIES = ("switch", "soft")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """``hpt.data``: the defaults live here (``hpt_trainer.yaml`` states the same values; a test
+    keeps them equal). See ``hpt_trainer.yaml`` for what each key does."""
+
+    validate: bool = True
+    on_bad_row: str = "error"
+    on_long_demo: str = "truncate"
+    on_missing_demo: Optional[str] = None  # null: as on_bad_row
+    filtered_dir: Optional[str] = None
+    max_errors_shown: int = 10
+    demo_check_rows: int = 1000  # 0: no demonstration reward check
+    demo_check_min_rate: float = 0.9
+
+    @property
+    def missing_demo_policy(self) -> str:
+        return self.on_missing_demo or self.on_bad_row
+
+    def __getitem__(self, key: str):  # dict-style access kept for callers of the old dict
+        return getattr(self, key)
+
+
+DATA_KEYS = set(DataOptions.__dataclass_fields__)
 
 
 class HPTConfigError(ValueError):
@@ -105,8 +159,8 @@ def _plain(node) -> Any:
     return node
 
 
-def data_options(config) -> dict:
-    """``hpt.data`` with defaults filled in, validated."""
+def data_options(config) -> DataOptions:
+    """``hpt.data`` with defaults filled in, validated (errors name the ``hpt.data.<key>``)."""
     hpt = config.get("hpt", None) or {}
     node = _plain(hpt.get("data", None)) or {}
     if not isinstance(node, dict):
@@ -114,17 +168,28 @@ def data_options(config) -> dict:
     unknown = sorted(set(node) - DATA_KEYS)
     if unknown:
         raise HPTConfigError(f"hpt.data: unknown key(s) {unknown}; known: {sorted(DATA_KEYS)}")
-    opts = {"validate": True, "on_bad_row": "error", "on_long_demo": "truncate", "filtered_dir": None,
-            "max_errors_shown": 10}
-    opts.update({k: v for k, v in node.items() if v is not None or k == "filtered_dir"})
-    if not isinstance(opts["validate"], bool):
-        raise HPTConfigError(f"hpt.data.validate={opts['validate']!r} must be true or false")
-    if opts["on_bad_row"] not in ON_BAD_ROW:
-        raise HPTConfigError(f"hpt.data.on_bad_row={opts['on_bad_row']!r} is not one of {list(ON_BAD_ROW)}")
-    if opts["on_long_demo"] not in ON_LONG_DEMO:
-        raise HPTConfigError(f"hpt.data.on_long_demo={opts['on_long_demo']!r} is not one of {list(ON_LONG_DEMO)}")
-    if not isinstance(opts["max_errors_shown"], int) or opts["max_errors_shown"] < 1:
-        raise HPTConfigError(f"hpt.data.max_errors_shown={opts['max_errors_shown']!r} must be an integer >= 1")
+    nullable = ("filtered_dir", "on_missing_demo")
+    opts = DataOptions(**{k: v for k, v in node.items() if v is not None or k in nullable})
+    if not isinstance(opts.validate, bool):
+        raise HPTConfigError(f"hpt.data.validate={opts.validate!r} must be true or false")
+    if opts.on_bad_row not in ON_BAD_ROW:
+        raise HPTConfigError(f"hpt.data.on_bad_row={opts.on_bad_row!r} is not one of {list(ON_BAD_ROW)}")
+    if opts.on_long_demo not in ON_LONG_DEMO:
+        raise HPTConfigError(f"hpt.data.on_long_demo={opts.on_long_demo!r} is not one of {list(ON_LONG_DEMO)}")
+    if opts.on_missing_demo is not None and opts.on_missing_demo not in ON_MISSING_DEMO:
+        raise HPTConfigError(f"hpt.data.on_missing_demo={opts.on_missing_demo!r} is not one of "
+                             f"{list(ON_MISSING_DEMO)} (or null: as hpt.data.on_bad_row)")
+    if isinstance(opts.max_errors_shown, bool) or not isinstance(opts.max_errors_shown, int) \
+            or opts.max_errors_shown < 1:
+        raise HPTConfigError(f"hpt.data.max_errors_shown={opts.max_errors_shown!r} must be an integer >= 1")
+    if isinstance(opts.demo_check_rows, bool) or not isinstance(opts.demo_check_rows, int) \
+            or opts.demo_check_rows < 0:
+        raise HPTConfigError(f"hpt.data.demo_check_rows={opts.demo_check_rows!r} must be an integer >= 0 "
+                             f"(0: no demonstration reward check)")
+    rate = opts.demo_check_min_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0.0 <= float(rate) <= 1.0):
+        raise HPTConfigError(f"hpt.data.demo_check_min_rate={rate!r} must be a number in [0, 1] "
+                             f"(0: report the rate, never stop)")
     return opts
 
 
@@ -170,7 +235,12 @@ def validate_hpt_config(config) -> GateConfig:
         if not (math.isfinite(t) and t > 0):
             raise HPTConfigError(f"hpt.skip_grad_norm_above={threshold!r} must be a positive number or null")
     max_consecutive_skips(config)
-    data_options(config)
+    opts = data_options(config)
+    if opts.missing_demo_policy == "rl" and not gate_can_choose_rl(gate):
+        raise HPTConfigError(
+            f"hpt.data.on_missing_demo=rl keeps questions without a demonstration for RL, but "
+            f"hpt.gate.strategy={gate.strategy} never trains on rollouts: use on_missing_demo=skip|error, or a "
+            f"gate that can choose RL (switch, soft, fixed with fixed_alpha > 0)")
 
     if hpt.get("loss", None) is not None:
         from verl_ext.loss.config import load_upge_config
@@ -191,7 +261,7 @@ def validate_hpt_config(config) -> GateConfig:
 
 
 # ------------------------------------------------------------------------------------------- data
-@dataclass
+@dataclass(frozen=True)
 class RowProblem:
     file: str
     row: int
@@ -211,18 +281,23 @@ class FileReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> rows removed
     long_demos_truncated: int = 0  # kept rows whose demonstration the merge will cut
+    demos_missing_rl: int = 0  # kept rows without a demonstration (on_missing_demo=rl)
+    demo_check: Optional[dict] = None  # the demonstration reward check (scored, passed, rate, ...)
+    data_sources: dict = field(default_factory=dict)  # data_source -> rows
     used_path: Optional[str] = None  # the filtered copy verl reads, when rows were removed
 
     def as_dict(self) -> dict:
         return {"path": self.path, "split": self.split, "rows": self.rows, "kept": self.kept,
                 "skipped": dict(self.skipped), "long_demos_truncated": self.long_demos_truncated,
-                "used_path": self.used_path or self.path}
+                "demos_missing_rl": self.demos_missing_rl, "demo_check": self.demo_check,
+                "data_sources": dict(self.data_sources), "used_path": self.used_path or self.path}
 
 
 @dataclass
 class DataReport:
     files: list[FileReport] = field(default_factory=list)
     validated: bool = True
+    reward: Optional[str] = None  # which reward function the run uses, and why
 
     def _sum(self, split: str, attr: str) -> int:
         return sum(getattr(f, attr) for f in self.files if f.split == split)
@@ -234,6 +309,15 @@ class DataReport:
                 out.update(f.skipped)
         return out
 
+    def demo_check(self) -> Optional[dict]:
+        """The demonstration reward check over all train files (None when it did not run)."""
+        checks = [f.demo_check for f in self.files if f.split == "train" and f.demo_check]
+        if not checks:
+            return None
+        scored = sum(c["scored"] for c in checks)
+        passed = sum(c["passed"] for c in checks)
+        return {"scored": scored, "passed": passed, "rate": passed / scored if scored else None}
+
     def metrics(self) -> dict[str, float]:
         """Logged at the first training step (``hpt/data/...``)."""
         m = {
@@ -242,23 +326,35 @@ class DataReport:
             "hpt/data/skipped_rows": sum(self.skipped("train").values()),
             "hpt/data/val_skipped_rows": sum(self.skipped("val").values()),
             "hpt/data/long_demos_truncated": self._sum("train", "long_demos_truncated"),
+            "hpt/data/demos_missing_rl": self._sum("train", "demos_missing_rl"),
         }
         for reason, count in sorted(self.skipped("train").items()):
             m[f"hpt/data/skipped/{reason}"] = count
+        dc = self.demo_check()
+        if dc and dc["rate"] is not None:
+            m["hpt/data/demo_reward_pass_rate"] = dc["rate"]
+            m["hpt/data/demo_reward_scored"] = dc["scored"]
         return m
 
     def as_dict(self) -> dict:
-        return {"validated": self.validated, "files": [f.as_dict() for f in self.files],
-                "train_skipped": dict(self.skipped("train")), "val_skipped": dict(self.skipped("val"))}
+        return {"validated": self.validated, "reward": self.reward, "files": [f.as_dict() for f in self.files],
+                "train_skipped": dict(self.skipped("train")), "val_skipped": dict(self.skipped("val")),
+                "demo_check": self.demo_check()}
 
     def summary_line(self) -> str:
         tr, va = self.skipped("train"), self.skipped("val")
-        return (f"HPT data: train {self._sum('train', 'kept')}/{self._sum('train', 'rows')} rows kept "
+        line = (f"HPT data: train {self._sum('train', 'kept')}/{self._sum('train', 'rows')} rows kept "
                 f"(skipped {dict(tr) or 0}, {self._sum('train', 'long_demos_truncated')} demonstrations to be "
-                f"truncated); val {self._sum('val', 'kept')}/{self._sum('val', 'rows')} kept (skipped {dict(va) or 0})")
+                f"truncated, {self._sum('train', 'demos_missing_rl')} without a demonstration kept for RL); "
+                f"val {self._sum('val', 'kept')}/{self._sum('val', 'rows')} kept (skipped {dict(va) or 0})")
+        dc = self.demo_check()
+        if dc and dc["scored"]:
+            line += (f"; demonstrations passing the reward: {dc['passed']}/{dc['scored']} "
+                     f"({100 * dc['rate']:.1f}%)")
+        return line
 
 
-@dataclass
+@dataclass(frozen=True)
 class RowChecks:
     """What to check in one file and the limits."""
 
@@ -270,80 +366,12 @@ class RowChecks:
     prompt_too_long_skips: bool = False  # data.filter_overlong_prompts
     on_bad_row: str = "error"
     on_long_demo: str = "truncate"
+    on_missing_demo: str = "error"  # resolved policy: error | skip | rl
     apply_chat_template_kwargs: dict = field(default_factory=dict)
-
-
-def _is_blank(x: Any) -> bool:
-    return isinstance(x, str) and not x.strip()
-
-
-def _type(x: Any) -> str:
-    return type(x).__name__
-
-
-def _as_list(x: Any) -> Optional[list]:
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    if type(x).__name__ == "ndarray":
-        return list(x)
-    return None
-
-
-def check_prompt(value: Any) -> Optional[tuple[str, str]]:
-    """(reason, detail) of a bad prompt value, or None. A prompt is a list of chat messages."""
-    if value is None:
-        return "prompt_missing", "missing (null)"
-    msgs = _as_list(value)
-    if msgs is None:
-        return "prompt_not_string", f"is a {_type(value)}, expected a list of {{role, content}} messages"
-    if not msgs:
-        return "prompt_missing", "is an empty message list"
-    for j, m in enumerate(msgs):
-        if not isinstance(m, dict) or "content" not in m or "role" not in m:
-            return "prompt_not_string", f"message {j} is not a {{role, content}} mapping: {str(m)[:80]!r}"
-        if not isinstance(m["content"], str):
-            return "prompt_not_string", f"message {j} content is a {_type(m['content'])}, expected a string"
-        if not isinstance(m["role"], str):
-            return "prompt_not_string", f"message {j} role is a {_type(m['role'])}, expected a string"
-    if not any(m["content"].strip() for m in msgs):
-        return "prompt_missing", "every message is empty"
-    return None
-
-
-def check_ground_truth(row: dict) -> Optional[tuple[str, str]]:
-    rm = row.get("reward_model")
-    if rm is None:
-        return "ground_truth_missing", "missing (no reward_model)"
-    if not isinstance(rm, dict):
-        return "ground_truth_not_string", f"reward_model is a {_type(rm)}, expected a mapping with ground_truth"
-    if "ground_truth" not in rm or rm["ground_truth"] is None:
-        return "ground_truth_missing", "missing (null)"
-    gt = rm["ground_truth"]
-    if isinstance(gt, str):
-        return ("ground_truth_missing", "is blank") if _is_blank(gt) else None
-    items = _as_list(gt)
-    if items is None:
-        return "ground_truth_not_string", f"is a {_type(gt)} ({str(gt)[:40]!r}), expected a string"
-    if not items:
-        return "ground_truth_missing", "is an empty list"
-    for j, g in enumerate(items):
-        if not isinstance(g, str):
-            return "ground_truth_not_string", f"element {j} is a {_type(g)}, expected a string"
-        if _is_blank(g):
-            return "ground_truth_missing", f"element {j} is blank"
-    return None
-
-
-def check_demo(row: dict, demo_field: str) -> Optional[tuple[str, str]]:
-    info = row.get("extra_info")
-    if not isinstance(info, dict) or demo_field not in info or info[demo_field] is None:
-        return "demo_missing", "missing"
-    demo = info[demo_field]
-    if not isinstance(demo, str):
-        return "demo_not_string", f"is a {_type(demo)}, expected a string"
-    if _is_blank(demo):
-        return "demo_missing", "is empty"
-    return None
+    demo_check_rows: int = 0  # demonstrations sampled for the reward check (0: none)
+    demo_check_min_rate: float = 0.9
+    correct_threshold: float = 1.0
+    seed: int = 0
 
 
 def _prompt_text(tokenizer, messages: list, kwargs: dict) -> str:
@@ -375,12 +403,52 @@ def _read_table(path: str):
     raise DataValidationError(f"{path}: unsupported file type (verl reads .parquet, .json, .jsonl)")
 
 
+@dataclass
+class FileScan:
+    """What :func:`check_file` found besides the problems: rows for the reward checks."""
+
+    source_rows: dict = field(default_factory=dict)  # data_source -> (row, ground truth, text, extra_info)
+    demo_sample: list = field(default_factory=list)  # (row, data_source, ground truth, demo, extra_info)
+
+
+def _sample_rows(n_rows: int, k: int, seed: int) -> set[int]:
+    """All rows when ``n_rows <= k``, else a seeded sample of ``k`` (the same for the same file)."""
+    if k <= 0:
+        return set()
+    if n_rows <= k:
+        return set(range(n_rows))
+    import numpy as np
+
+    return set(int(i) for i in np.random.default_rng(seed).choice(n_rows, size=k, replace=False))
+
+
+def _row_problem(row: dict, checks: RowChecks) -> Optional[tuple[str, str, str]]:
+    """(field, reason, detail) of the first contract violation of one row, or None."""
+    if checks.prompt_key not in row:
+        return checks.prompt_key, "prompt_missing", f"missing (no {checks.prompt_key!r} column)"
+    p = check_prompt(row.get(checks.prompt_key))
+    if p:
+        return (checks.prompt_key, *p)
+    for fld, check in (("data_source", check_data_source), ("extra_info", check_extra_info),
+                       ("extra_info.index", check_index), ("reward_model.ground_truth", check_ground_truth)):
+        p = check(row)
+        if p:
+            return (fld, *p)
+    if checks.check_demo:
+        p = check_demo(row, checks.demo_field)
+        if p:
+            return (f"extra_info.{checks.demo_field}", *p)
+    return None
+
+
 def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_rows: int = 512,
-               display_path: Optional[str] = None) -> tuple[FileReport, list[RowProblem], list[int]]:
+               display_path: Optional[str] = None, scan: Optional[FileScan] = None
+               ) -> tuple[FileReport, list[RowProblem], list[int]]:
     """Check every row of one file. Returns (report, problems that make a row bad, kept row indices).
 
     Problems are only *collected* here; the caller decides to raise or skip. ``tokenizer`` is needed
-    for the length limits (skipped when None).
+    for the length limits (skipped when None). ``scan`` (optional) receives the rows the reward
+    checks score: the first good row of each data_source and the sampled demonstrations.
     """
     name = display_path or path
     table = _read_table(path)
@@ -391,36 +459,33 @@ def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_r
             raise DataValidationError(
                 f"{name}: no 'extra_info' column, so no demonstration (extra_info[{checks.demo_field!r}]) for the "
                 f"gate to route questions to SFT. Set hpt.demo_field, or hpt.gate.strategy=never for pure RL.")
-    needed = [c for c in (checks.prompt_key, "reward_model", "extra_info") if c in cols]
+    needed = [c for c in (checks.prompt_key, "data_source", "reward_model", "extra_info") if c in cols]
     sub = table.select(needed)
+    sample = _sample_rows(table.num_rows, checks.demo_check_rows, checks.seed) if checks.check_demo else set()
     problems: list[RowProblem] = []
     kept: list[int] = []
     any_demo_field = False
+    sources: Counter = Counter()
     offset = 0
     for rb in sub.to_batches(max_chunksize=batch_rows):
         rows = rb.to_pylist()
         prompt_texts: dict[int, str] = {}
         demo_texts: dict[int, str] = {}
         bad: dict[int, RowProblem] = {}
+        no_demo: set[int] = set()
         for j, row in enumerate(rows):
             i = offset + j
             info = row.get("extra_info")
-            if isinstance(info, dict) and checks.demo_field in info:
+            if isinstance(info, dict) and info.get(checks.demo_field, None) is not None:
                 any_demo_field = True
-            p = check_prompt(row.get(checks.prompt_key)) if checks.prompt_key in row else (
-                "prompt_missing", f"missing (no {checks.prompt_key!r} column)")
+            p = _row_problem(row, checks)
+            if p and p[1] == "demo_missing" and checks.on_missing_demo == "rl":
+                no_demo.add(i)  # kept: the trainer's fallback trains such a question with RL
+                p = None
             if p:
-                bad[i] = RowProblem(name, i, checks.prompt_key, *p)
+                bad[i] = RowProblem(name, i, *p)
                 continue
-            g = check_ground_truth(row)
-            if g:
-                bad[i] = RowProblem(name, i, "reward_model.ground_truth", *g)
-                continue
-            if checks.check_demo:
-                d = check_demo(row, checks.demo_field)
-                if d:
-                    bad[i] = RowProblem(name, i, f"extra_info.{checks.demo_field}", *d)
-                    continue
+            if checks.check_demo and i not in no_demo:
                 demo_texts[i] = info[checks.demo_field]
             if tokenizer is not None and checks.max_prompt_length is not None:
                 prompt_texts[i] = _prompt_text(tokenizer, list(row[checks.prompt_key]),
@@ -430,7 +495,9 @@ def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_r
             for i, n in zip(p_idx, _token_lengths(tokenizer, [prompt_texts[i] for i in p_idx])):
                 if n > checks.max_prompt_length and i not in bad:
                     bad[i] = RowProblem(name, i, checks.prompt_key, "prompt_too_long",
-                                        f"{n} tokens > data.max_prompt_length={checks.max_prompt_length}")
+                                        f"{n} tokens > data.max_prompt_length={checks.max_prompt_length}: raise "
+                                        f"data.max_prompt_length to at least {n} (or set "
+                                        f"data.filter_overlong_prompts=true to drop such rows)")
             if checks.check_demo and checks.max_demo_tokens is not None:
                 d_idx = [i for i in demo_texts if i not in bad]
                 for i, n in zip(d_idx, _token_lengths(tokenizer, [demo_texts[i] for i in d_idx])):
@@ -439,13 +506,23 @@ def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_r
                             report.long_demos_truncated += 1
                         else:
                             bad[i] = RowProblem(name, i, f"extra_info.{checks.demo_field}", "demo_too_long",
-                                                f"{n} tokens + EOS > response length {checks.max_demo_tokens}")
-        for j in range(len(rows)):
+                                                f"{n} tokens + EOS > response length {checks.max_demo_tokens}: "
+                                                f"raise data.max_response_length to at least {n + 1}")
+        for j, row in enumerate(rows):
             i = offset + j
             if i in bad:
                 problems.append(bad[i])
-            else:
-                kept.append(i)
+                continue
+            kept.append(i)
+            report.demos_missing_rl += i in no_demo
+            ds = row["data_source"]
+            sources[ds] += 1
+            if scan is not None:
+                gt = row["reward_model"]["ground_truth"]
+                if ds not in scan.source_rows:
+                    scan.source_rows[ds] = (i, gt, demo_texts.get(i), row.get("extra_info"))
+                if i in sample and i in demo_texts:
+                    scan.demo_sample.append((i, ds, gt, demo_texts[i], row.get("extra_info")))
         offset += len(rows)
     if checks.check_demo and report.rows and not any_demo_field:
         raise DataValidationError(
@@ -453,6 +530,7 @@ def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_r
             f"questions to SFT and needs their demonstrations. Point hpt.demo_field at the demonstration field, "
             f"or use hpt.gate.strategy=never for pure RL.")
     report.kept = len(kept)
+    report.data_sources = dict(sources)
     return report, problems, kept
 
 
@@ -461,6 +539,8 @@ def _is_fatal(problem: RowProblem, checks: RowChecks) -> bool:
         return False
     if problem.reason == "demo_too_long":
         return checks.on_long_demo == "error"
+    if problem.reason == "demo_missing":
+        return checks.on_missing_demo == "error"
     return checks.on_bad_row == "error"
 
 
@@ -470,8 +550,10 @@ def _error_message(problems: list[RowProblem], shown: int, split: str) -> str:
     lines += [f"  {p}" for p in problems[:shown]]
     if len(problems) > shown:
         lines.append(f"  ... and {len(problems) - shown} more")
-    lines.append("Fix the data, or set hpt.data.on_bad_row=skip to drop (and count) bad rows "
-                 "(over-long demonstrations: hpt.data.on_long_demo=truncate|skip|error).")
+    lines.append("Fix the data (the row contract: README 'Your own data', verl_ext/data/contract.py), or set "
+                 "hpt.data.on_bad_row=skip to drop (and count) bad rows (over-long demonstrations: "
+                 "hpt.data.on_long_demo=truncate|skip|error; missing demonstrations: "
+                 "hpt.data.on_missing_demo=error|skip|rl).")
     return "\n".join(lines)
 
 
@@ -500,14 +582,18 @@ def _file_list(value) -> list[str]:
 
 
 def validate_files(paths: Iterable[str], split: str, checks: RowChecks, tokenizer, out_dir: str,
-                   shown: int = 10) -> tuple[list[str], list[FileReport]]:
-    """Check ``paths``; raise on fatal problems; return (paths verl should read, reports)."""
+                   shown: int = 10, reward=None) -> tuple[list[str], list[FileReport]]:
+    """Check ``paths``; raise on fatal problems; return (paths verl should read, reports).
+
+    ``reward`` (a :class:`verl_ext.hpt.demo_scoring.RunReward`, optional): also score one row per
+    data_source and the sampled demonstrations with it (see the module docstring)."""
     from verl.utils.fs import copy_to_local
 
     new_paths, reports = [], []
     for k, path in enumerate(paths):
         local = path if os.path.exists(path) else copy_to_local(path)
-        report, problems, kept = check_file(local, split, checks, tokenizer, display_path=path)
+        scan = FileScan() if reward is not None else None
+        report, problems, kept = check_file(local, split, checks, tokenizer, display_path=path, scan=scan)
         fatal = [p for p in problems if _is_fatal(p, checks)]
         if fatal:
             raise DataValidationError(_error_message(fatal, shown, split))
@@ -520,6 +606,19 @@ def validate_files(paths: Iterable[str], split: str, checks: RowChecks, tokenize
                   f"first: {problems[0]}")
             if not kept:
                 raise DataValidationError(f"{path}: every row is bad ({dict(report.skipped)}); nothing to train on")
+        if report.demos_missing_rl:
+            print(f"HPT data: {path}: {report.demos_missing_rl} of {report.rows} rows have no demonstration "
+                  f"(extra_info.{checks.demo_field}); kept: a gated question among them trains with RL "
+                  f"(hpt.data.on_missing_demo=rl, counted per step as hpt/demo_missing)")
+        if reward is not None:
+            from verl_ext.hpt.demo_scoring import check_data_sources, check_demonstrations
+
+            check_data_sources(reward, path, scan.source_rows)
+            if checks.check_demo and checks.demo_check_rows > 0:
+                report.demo_check = check_demonstrations(
+                    reward, path, scan.demo_sample, checks.demo_field, checks.demo_check_min_rate,
+                    checks.correct_threshold, shown=min(shown, 5))
+        if problems:
             report.used_path = write_filtered(local, kept, out_dir, f"{split}{k}")
             new_paths.append(report.used_path)
         else:
@@ -528,39 +627,46 @@ def validate_files(paths: Iterable[str], split: str, checks: RowChecks, tokenize
     return new_paths, reports
 
 
-def validate_data(config, tokenizer) -> DataReport:
+def validate_data(config, tokenizer, reward=None) -> DataReport:
     """Validate ``data.train_files`` and ``data.val_files`` (see the module docstring); with skipped
-    rows, rewrite those config entries to the filtered copies (``config`` must be writable)."""
+    rows, rewrite those config entries to the filtered copies (``config`` must be writable).
+
+    ``reward``: the run's reward (:func:`verl_ext.hpt.demo_scoring.resolve_reward`); when given, the
+    data_sources and the demonstrations are also checked against it."""
     from omegaconf import open_dict
 
     opts = data_options(config)
-    if not opts["validate"]:
-        return DataReport(validated=False)
+    if not opts.validate:
+        return DataReport(validated=False, reward=reward.describe() if reward is not None else None)
     hpt = config.hpt
     gate = GateConfig.from_mapping(_plain(hpt.get("gate", None)) or {})
     data = config.data
-    out_dir = opts["filtered_dir"] or os.path.join(str(config.trainer.default_local_dir), "hpt_data")
+    out_dir = opts.filtered_dir or os.path.join(str(config.trainer.default_local_dir), "hpt_data")
     common = dict(
         prompt_key=str(data.get("prompt_key", "prompt") or "prompt"),
         max_prompt_length=int(data.max_prompt_length) if data.get("max_prompt_length") else None,
         prompt_too_long_skips=bool(data.get("filter_overlong_prompts", False)),
-        on_bad_row=opts["on_bad_row"],
-        on_long_demo=opts["on_long_demo"],
+        on_bad_row=opts.on_bad_row,
+        on_long_demo=opts.on_long_demo,
+        on_missing_demo=opts.missing_demo_policy,
         apply_chat_template_kwargs=dict(_plain(data.get("apply_chat_template_kwargs", None)) or {}),
     )
     train_checks = RowChecks(
         check_demo=gate_can_choose_sft(gate),
         demo_field=str(hpt.get("demo_field", "target")),
         max_demo_tokens=int(config.actor_rollout_ref.rollout.response_length),
+        demo_check_rows=opts.demo_check_rows,
+        demo_check_min_rate=float(opts.demo_check_min_rate),
+        correct_threshold=float(gate.correct_threshold),
         **common,
     )
     val_checks = RowChecks(check_demo=False, **common)
-    report = DataReport()
+    report = DataReport(reward=reward.describe() if reward is not None else None)
     train, r = validate_files(_file_list(data.train_files), "train", train_checks, tokenizer, out_dir,
-                              opts["max_errors_shown"])
+                              opts.max_errors_shown, reward=reward)
     report.files += r
     val, r = validate_files(_file_list(data.get("val_files", None)), "val", val_checks, tokenizer, out_dir,
-                            opts["max_errors_shown"])
+                            opts.max_errors_shown, reward=reward)
     report.files += r
     with open_dict(config):
         if train != _file_list(data.train_files):
