@@ -157,8 +157,15 @@ def test_fast_path_numbers():
     # exact rationals on both sides are decided in-process
     assert fast_verdict("\\frac{6}{8}", ["0.75"]) is True
     assert fast_verdict("0.76", ["\\frac{3}{4}"]) is False
-    # within math-verify's float rounding: left to the full graders
-    assert fast_verdict("0.333333", ["\\frac{1}{3}"]) is None
+    # relative tolerance 1e-6 of the ground truth, never absolute rounding
+    assert fast_verdict("0.333333", ["\\frac{1}{3}"]) is True
+    assert fast_verdict("0.333", ["\\frac{1}{3}"]) is False
+    assert fast_verdict("0", ["7.4e-12"]) is False
+    assert fast_verdict("7.4 \\times 10^{-12}", ["7.4e-12"]) is True
+    # an integer answer is never matched by a nearby non-integer
+    assert fast_verdict("1000000.4", ["1000000"]) is False
+    # not a cheap form: left to the judge
+    assert fast_verdict("2\\sqrt{2}", ["\\sqrt{8}"]) is None
 
 
 # --- compute_score: GPQA ---------------------------------------------------------------------

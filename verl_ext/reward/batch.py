@@ -47,12 +47,14 @@ def score_batch(
     progress: bool = True,
     desc: str = "scoring",
     pool: GraderPool | None = None,
+    grader: str | None = None,
 ) -> BatchScores:
     """Score ``solutions[i]`` against ``ground_truths[i]`` (``data_sources[i]`` selects math vs
     multiple choice; a single string applies to all). ``timeout`` is the hard per-answer limit.
 
     Uses its own pool of ``num_workers`` processes unless ``pool`` is given (then it is reused
-    and left open). Timeouts and errors are logged and counted in the returned object.
+    and left open). Timeouts and errors are logged and counted in the returned object. ``grader``
+    selects the grader mode (see :func:`verl_ext.reward.score.compute_score`).
     """
     n = len(solutions)
     if len(ground_truths) != n:
@@ -72,7 +74,7 @@ def score_batch(
         if is_gpqa(data_sources[i]):
             results[i] = score_choice(solutions[i], ground_truths[i])
         else:
-            results[i] = score_math(solutions[i], ground_truths[i], timeout=timeout, pool=pool)
+            results[i] = score_math(solutions[i], ground_truths[i], timeout=timeout, pool=pool, grader=grader)
 
     bar = None
     if progress:

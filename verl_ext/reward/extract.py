@@ -140,3 +140,56 @@ def extract_choice_letter(text: str | None, letters: str = "ABCD") -> str | None
     if bare:
         return bare[-1]
     return None
+
+
+# --- several boxes ---------------------------------------------------------------------------
+
+# What may stand between two boxes of one answer: commas, semicolons, "and", "or", spaces and
+# math delimiters. Anything else (a word, an "=") means the earlier box is a separate statement.
+_BOX_JOINER_RE = re.compile(r"[\s$,;]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)[\s$,;]*)?", re.IGNORECASE)
+
+
+def all_boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, content)`` of every closed ``\\boxed{...}``/``\\fbox{...}`` at top level, in order."""
+    out: list[tuple[int, int, str]] = []
+    i = 0
+    while True:
+        cands = [(text.find(c, i), c) for c in _BOX_COMMANDS]
+        cands = [(j, c) for j, c in cands if j >= 0]
+        if not cands:
+            return out
+        j, cmd = min(cands)
+        k = j + len(cmd)
+        while k < len(text) and text[k] in " \t":
+            k += 1
+        if k < len(text) and text[k] == "{" and not text[j + len(cmd): j + len(cmd) + 1].isalpha():
+            content = _balanced_group(text, k)
+            if content is None:
+                return out
+            end = k + len(content) + 2
+            out.append((j, end, content.strip()))
+            i = end
+        else:
+            i = j + len(cmd)
+
+
+def final_answers(text: str | None) -> list[str]:
+    """The boxes that make up the final answer: the last box plus the boxes right before it that
+    are joined to it only by commas, "and", "or" or spaces (``\\boxed{2}, \\boxed{3}``;
+    ``\\boxed{2} or \\boxed{3}``). Stated rule for several boxes: they are graded together as one
+    list of answers, so a list of solutions matches a list ground truth and two different values
+    offered for one answer (hedging) match no single value. A box separated from the last one by
+    other text (``\\boxed{4}. Checking again ... \\boxed{5}``) was superseded and is not graded.
+    Empty when the response has no closed last box (see :func:`last_boxed_content`)."""
+    if last_boxed_content(text) is None:
+        return []
+    spans = all_boxed_spans(text)
+    if not spans:
+        return [last_boxed_content(text)]
+    group = [spans[-1]]
+    for prev in reversed(spans[:-1]):
+        gap = text[prev[1]: group[0][0]]
+        if len(gap) > 40 or not _BOX_JOINER_RE.fullmatch(gap):
+            break
+        group.insert(0, prev)
+    return [c for _, _, c in group]

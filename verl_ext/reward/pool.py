@@ -94,9 +94,9 @@ class _Worker:
             self.ready = line is not None and json.loads(line).get("ready", False)
         return self.ready
 
-    def request(self, pred: str, gts: list[str], timeout: float) -> dict | None:
+    def request(self, pred: str, gts: list[str], timeout: float, mode: str = "default") -> dict | None:
         """The worker's verdict, or None if it did not answer within ``timeout`` (or died)."""
-        msg = json.dumps({"pred": pred, "gts": gts, "budget": timeout}) + "\n"
+        msg = json.dumps({"pred": pred, "gts": gts, "budget": timeout, "mode": mode}) + "\n"
         try:
             self.proc.stdin.write(msg.encode())
             self.proc.stdin.flush()
@@ -170,7 +170,7 @@ class GraderPool:
             w.wait_ready()
             self._idle.put(w)
 
-    def grade(self, pred: str, gts: list[str], timeout: float) -> PoolVerdict:
+    def grade(self, pred: str, gts: list[str], timeout: float, mode: str = "default") -> PoolVerdict:
         if self._closed:
             raise RuntimeError("GraderPool is closed")
         self._bump("requests")
@@ -189,7 +189,7 @@ class GraderPool:
             else:
                 self._bump("errors")
                 return PoolVerdict(False, error="worker failed to start")
-            out = w.request(pred, gts, timeout)
+            out = w.request(pred, gts, timeout, mode)
             if out is None:
                 # Hard limit: the worker is stuck (or dead). Kill it; the slot restarts lazily.
                 died = w.eof or not w.alive()

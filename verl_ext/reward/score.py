@@ -1,25 +1,35 @@
-"""verl reward function: binary correctness of the last ``\\boxed{}`` answer (HPT release style).
+"""verl reward function: binary correctness of the final ``\\boxed{}`` answer.
 
-``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)`` returns
-``{"score": 1.0|0.0, "acc": 1.0|0.0, "pred": str, "timeout": 1.0|0.0, "grader_error": 1.0|0.0}``
-and never raises: a grader crash (an exception in this process, a worker that died or reported
-an error) scores 0 with ``grader_error`` = 1.0 and a logged warning, so one bad answer or ground
-truth cannot kill a training step (the HPT trainer sums both flags into ``hpt/reward/*``):
+``compute_score(data_source, solution_str, ground_truth, extra_info=None, timeout=5, grader=None, **kwargs)``
+returns ``{"score": 1.0|0.0, "acc": 1.0|0.0, "pred": str, "timeout": 1.0|0.0, "grader_error": 1.0|0.0}``
+and never raises.
 
-* math: ``pred`` = content of the last ``\\boxed{}``/``\\fbox{}``/``\\boxed x`` (no box -> 0, no
-  format reward or penalty, as in the release). A ground truth that itself contains ``\\boxed``
-  is unwrapped; a list ground truth is correct if any element matches.
+* math: ``pred`` = the final answer: the last ``\\boxed{}``/``\\fbox{}``/``\\boxed x``, together with the
+  boxes joined to it only by commas, "and", "or" (several boxes are graded as one list of
+  answers, see :func:`verl_ext.reward.extract.final_answers`). No closed box -> 0 (no format
+  reward or penalty, as in the release). A ground truth that itself contains ``\\boxed`` is
+  unwrapped; a list ground truth is correct if any element matches.
 * ``"gpqa"`` in ``data_source`` (case-insensitive): multiple choice; ``pred`` is the letter
   (see :func:`verl_ext.reward.extract.extract_choice_letter`), compared to the letter answer.
 
-Grading path for math answers:
-1. fast path, in-process and parser-free: equal normalised strings -> 1; plain numbers or
-   integer fractions on both sides -> compared as exact rationals (equal -> 1; apart by more
-   than 1e-4 relative -> 0, which no grader would accept);
-2. otherwise the answer goes to a worker process (``verl_ext.reward.pool``) that runs
-   string/sympy/math-verify with a HARD per-answer ``timeout`` (seconds, default 5): the worker
-   is killed when it overruns, the answer scores 0, and ``timeout`` = 1.0 in the result (and a
-   warning is logged), so a timed-out answer is never silently indistinguishable from a wrong one.
+Grading path for math answers (``grader="default"``; see ``verl_ext/reward/README.md``):
+
+1. in-process, parser-free, not timed: both answers cleaned (:mod:`verl_ext.reward.rewrite`);
+   when both are cheap canonical forms (numbers in any spelling, infinity, angles, clock times,
+   option letters: :mod:`verl_ext.reward.canonical`) the verdict is decided here, so it cannot
+   depend on machine load;
+2. otherwise a worker process (:mod:`verl_ext.reward.pool`) runs the judge
+   (:mod:`verl_ext.reward.judge`: math-verify, then string equality if math-verify cannot judge)
+   with a HARD per-answer ``timeout`` (seconds, default 5): an overrun kills the worker, the
+   answer scores 0 and ``timeout`` = 1.0.
+
+``grader_error`` = 1.0 flags an answer on which some layer raised: the exception is logged and
+counted (:data:`LAYER_ERRORS`, the pool's ``errors``), and the next judge gave the verdict; only
+when no judge is left (the extraction itself failed, a bad multiple-choice ground truth, a worker
+that died) is the answer scored 0 because of it.
+
+``grader="release"`` (or ``HPT_GRADER=release``) selects the release-style grader of earlier
+versions instead (:mod:`verl_ext.reward.release`), for exact reproduction.
 
 The worker pool is a per-process singleton of ``HPT_REWARD_WORKERS`` (default 2) processes,
 re-created after a fork.
@@ -29,13 +39,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
+from collections import Counter
 from typing import Any
 
-from verl_ext.reward.extract import extract_choice_letter, last_boxed_content
-from verl_ext.reward.normalize import normalize_string, simple_rational
+from verl_ext.reward import release
+from verl_ext.reward.canonical import decide_pair
+from verl_ext.reward.extract import extract_choice_letter, final_answers, last_boxed_content
 from verl_ext.reward.pool import GraderPool, PoolVerdict
+from verl_ext.reward.rewrite import clean, squeeze
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +55,11 @@ DEFAULT_TIMEOUT_S = 5.0
 # Longer boxed contents are degenerate outputs; they are graded by string equality only, so
 # that a 100 kB box cannot occupy a worker. Benchmark answers are < 300 characters.
 MAX_ANSWER_CHARS = 5000
+GRADERS = ("default", "release")
 
-_INT_RE = re.compile(r"-?\d+")
+# Exceptions raised in an in-process layer of this process, by layer; each one fell through to
+# the next judge and set grader_error on its answer. (Worker-side ones are in the pool's stats.)
+LAYER_ERRORS: Counter = Counter()
 _pool: GraderPool | None = None
 _pool_pid: int | None = None
 _pool_lock = threading.Lock()
@@ -62,6 +77,13 @@ def get_pool() -> GraderPool:
 
 def is_gpqa(data_source: str | None) -> bool:
     return data_source is not None and "gpqa" in str(data_source).lower()
+
+
+def grader_mode(grader: str | None = None) -> str:
+    mode = grader or os.environ.get("HPT_GRADER") or "default"
+    if mode not in GRADERS:
+        raise ValueError(f"unknown grader {mode!r}; expected one of {GRADERS}")
+    return mode
 
 
 def _as_list(ground_truth: Any) -> list:
@@ -82,28 +104,35 @@ def _ground_truths(ground_truth: Any) -> list[str]:
     return out
 
 
-def fast_verdict(pred: str, gts: list[str]) -> bool | None:
-    """Decide without any parser when possible: True/False, or None = needs the full graders."""
+def _fast(pred: str, gts: list[str]) -> tuple[bool | None, bool]:
+    """(verdict or None, whether a layer raised). See :func:`fast_verdict`."""
     if len(pred) > MAX_ANSWER_CHARS:
-        # checked before normalising: some normalisation passes are quadratic in the worst case
-        return any(pred.strip() == g.strip() for g in gts)
-    p = normalize_string(pred)
-    norm_gts = [normalize_string(g) for g in gts]
-    if any(p == g for g in norm_gts):
-        return True
-    if _INT_RE.fullmatch(p or "") and all(_INT_RE.fullmatch(g or "") for g in norm_gts):
-        return False
-    # Plain numbers/fractions on both sides: compare exact values. Equal values are accepted by
-    # math-verify anyway; values further apart than its float rounding (6 decimals) can be
-    # accepted by no grader. Anything in between goes to the full graders.
-    pv = simple_rational(p)
-    gvs = [simple_rational(g) for g in norm_gts]
-    if pv is not None and all(g is not None for g in gvs):
-        if any(pv == g for g in gvs):
-            return True
-        if all(abs(pv - g) > 1e-4 * max(1, abs(g)) for g in gvs):
-            return False
-    return None
+        # degenerate output: exact text only (no pass over a huge string can be allowed to be slow)
+        return any(pred.strip() == g.strip() for g in gts), False
+    try:
+        p = clean(pred)
+        verdicts = []
+        for g in gts:
+            cg = clean(g)
+            if p and squeeze(p) == squeeze(cg):
+                return True, False
+            verdicts.append(decide_pair(p, cg))
+    except Exception as exc:  # counted; the judge in the worker decides instead
+        LAYER_ERRORS["canonical"] += 1
+        logger.warning("in-process grading layer raised (%s: %s); falling through to the judge. pred=%r gts=%r",
+                       type(exc).__name__, str(exc)[:200], pred[:200], [g[:200] for g in gts])
+        return None, True
+    if any(v is True for v in verdicts):
+        return True, False
+    if verdicts and all(v is False for v in verdicts):
+        return False, False
+    return None, False
+
+
+def fast_verdict(pred: str, gts: list[str]) -> bool | None:
+    """In-process verdict from cheap canonical forms (equal cleaned strings, or two canonical
+    values, :mod:`verl_ext.reward.canonical`): True/False, or None = needs the judge."""
+    return _fast(pred, gts)[0]
 
 
 def _result(correct: bool, pred: str | None, timed_out: bool = False, error: bool = False) -> dict:
@@ -112,18 +141,41 @@ def _result(correct: bool, pred: str | None, timed_out: bool = False, error: boo
             "grader_error": 1.0 if error else 0.0}
 
 
+def final_prediction(solution_str: str) -> str | None:
+    """The graded answer of a response: its final box(es), several joined by ", " (duplicates
+    dropped), or None without a closed box."""
+    last = last_boxed_content(solution_str)
+    if last is None:
+        return None
+    boxes = final_answers(solution_str) or [last]
+    unique = list(dict.fromkeys(boxes))
+    return ", ".join(unique) if len(unique) > 1 else unique[0]
+
+
 def score_math(solution_str: str, ground_truth: Any, timeout: float = DEFAULT_TIMEOUT_S,
-               pool: GraderPool | None = None) -> dict:
-    pred = last_boxed_content(solution_str)
+               pool: GraderPool | None = None, grader: str | None = None) -> dict:
+    mode = grader_mode(grader)
+    if mode == "release":
+        pred = last_boxed_content(solution_str)
+        fast_fn = release.fast_verdict
+    else:
+        pred = final_prediction(solution_str)
+        fast_fn = None
     if pred is None:
         return _result(False, None)
     gts = _ground_truths(ground_truth)
-    fast = fast_verdict(pred, gts)
+    if fast_fn is not None:
+        fast, layer_error = fast_fn(pred, gts), False
+    else:
+        fast, layer_error = _fast(pred, gts)
     if fast is not None:
         return _result(fast, pred)
-    verdict: PoolVerdict = (pool or get_pool()).grade(pred, gts, timeout)
+    verdict: PoolVerdict = (pool or get_pool()).grade(pred, gts, timeout, mode=mode)
+    if mode == "release":  # the release flags errors only on answers they cost
+        return _result(verdict.correct, pred, verdict.timed_out and not verdict.correct,
+                       error=verdict.error is not None and not verdict.correct)
     return _result(verdict.correct, pred, verdict.timed_out and not verdict.correct,
-                   error=verdict.error is not None and not verdict.correct)
+                   error=layer_error or verdict.error is not None)
 
 
 def score_choice(solution_str: str, ground_truth: Any) -> dict:
@@ -137,14 +189,14 @@ def score_choice(solution_str: str, ground_truth: Any) -> dict:
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  timeout: float = DEFAULT_TIMEOUT_S, **kwargs) -> dict:
-    """verl entry point; see the module docstring. ``timeout`` can be set from the verl config
-    via ``reward.custom_reward_function.reward_kwargs.timeout``. Extra kwargs are ignored."""
+                  timeout: float = DEFAULT_TIMEOUT_S, grader: str | None = None, **kwargs) -> dict:
+    """verl entry point; see the module docstring. ``timeout`` and ``grader`` can be set from the
+    verl config via ``reward.custom_reward_function.reward_kwargs``. Extra kwargs are ignored."""
     try:
         if is_gpqa(data_source):
             return score_choice(solution_str, ground_truth)
-        return score_math(solution_str, ground_truth, timeout=timeout)
-    except Exception as exc:  # a grader bug or bad ground truth: score 0, flagged, never raised
+        return score_math(solution_str, ground_truth, timeout=timeout, grader=grader)
+    except Exception as exc:  # no judge left (extraction, bad ground truth): score 0, flagged, never raised
         logger.warning("grader crashed (%s: %s); scored 0. data_source=%r gt=%r solution=%r", type(exc).__name__,
                        str(exc)[:200], data_source, str(ground_truth)[:200], str(solution_str)[-200:])
         return _result(False, None, error=True)

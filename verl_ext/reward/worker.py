@@ -1,8 +1,9 @@
 """Grading worker process: ``python -m verl_ext.reward.worker [--max-memory-mb N]``.
 
 Protocol (JSON lines): it writes ``{"ready": true}`` once imports are done, then for each
-request line ``{"pred": str, "gts": [str, ...], "budget": seconds}`` it writes
-``{"correct": bool, "stage": str, "timed_out": bool, "error": str|null}``.
+request line ``{"pred": str, "gts": [str, ...], "budget": seconds, "mode": "default"|"release"}``
+it writes ``{"correct": bool, "stage": str, "timed_out": bool, "error": str|null}``; ``error``
+names the exceptions of judges that fell through to the next one (the verdict still stands).
 It exits on end of input (the parent closed the pipe or died).
 
 Self-protection, so that a worker can never outlive a hang even if the parent is gone:
@@ -51,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.disable(logging.WARNING)
-    from verl_ext.reward.equivalence import grade  # heavy imports (sympy) happen here, once
+    from verl_ext.reward import equivalence, judge  # heavy imports (sympy) happen here, once
     import math_verify  # noqa: F401  (warm the import before reporting ready)
+
+    # The first parse builds math-verify's LaTeX grammar and sympy caches (about a second): do it
+    # before reporting ready, so that it is not charged to the first answer's time limit.
+    judge.grade("x^2+2x+1", "(x+1)^2")
 
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
@@ -63,16 +68,21 @@ def main(argv: list[str] | None = None) -> int:
             req = json.loads(line)
             budget = float(req.get("budget", 5.0))
             _arm_cpu_limit(budget)
-            # Soft stage limits leave headroom under the parent's hard kill at `budget`.
-            sympy_t = 0.45 * budget
-            mv_t = 0.45 * budget
             result = {"correct": False, "stage": "none", "timed_out": False, "error": None}
+            errors: list[str] = []
             for gt in req["gts"]:
-                v = grade(req["pred"], gt, sympy_timeout=sympy_t, math_verify_timeout=mv_t)
+                if req.get("mode") == "release":
+                    # soft stage limits leave headroom under the parent's hard kill at `budget`
+                    v = equivalence.grade(req["pred"], gt, sympy_timeout=0.45 * budget,
+                                          math_verify_timeout=0.45 * budget)
+                else:
+                    v = judge.grade(req["pred"], gt, time_limit=0.9 * budget)
+                    errors += v.errors
                 result["timed_out"] = result["timed_out"] or v.timed_out
                 if v.correct:
                     result.update(correct=True, stage=v.stage, timed_out=False)
                     break
+            result["error"] = "; ".join(errors)[:300] or None
         except MemoryError:
             result = {"correct": False, "stage": "none", "timed_out": False, "error": "MemoryError"}
         except Exception as e:  # a grader bug must not kill the worker; report it
