@@ -768,6 +768,37 @@ def test_luffy_shaping_formula_on_the_pure_function():
     assert_grad_close(want, got)
 
 
+def test_outcome_advantage_defaults_are_reinforce_plus_minus_one():
+    # adv: outcome with a± = ±1 and κ_A = 0 is REINFORCE's ±1 (Table 1), and needs no entropy
+    batch = Batch(6, seed=51)
+    arm = UPGEArmConfig(stable="none", ref="self", adv="outcome", agg="token-sum")
+    loss, metrics = run_loss(batch, upge_loss_fn(UPGELossConfig(rollout=arm)), batch.tensordict(), one_micro(batch))
+    sign = torch.where(batch.row_score == 1.0, 1.0, -1.0).to(DT)[:, None]
+    assert 0 < int((batch.row_score == 1.0).sum()) < batch.B
+    want = (-sign * batch.response_log_prob() * batch.response_mask).sum()
+    assert_grad_close(grad(want, batch), grad(loss, batch))
+    m = batch.response_mask.bool()
+    assert abs(metrics[0]["hpt/rl/adv_mean"].aggregate() - sign.expand_as(m)[m].mean().item()) < 1e-12
+
+
+def test_entropy_weighted_nll_pure_function():
+    from verl_ext.loss.upge import entropy_weighted_nll, row_mean_entropy
+
+    g = torch.Generator().manual_seed(8)
+    logp = (-torch.rand(3, 5, generator=g, dtype=DT) * 4).requires_grad_(True)
+    ent = torch.rand(3, 5, generator=g, dtype=DT).requires_grad_(True)
+    mask = torch.rand(3, 5, generator=g) > 0.3
+    mask[:, 0] = True
+    h_bar = row_mean_entropy(ent, mask)
+    assert not h_bar.requires_grad and h_bar.shape == (3, 1)
+    torch.testing.assert_close(h_bar[:, 0], (ent * mask).sum(-1).detach() / mask.sum(-1), rtol=0, atol=1e-15)
+    arm = UPGEArmConfig(ref="self", adv="one", agg="token-sum", nll_coef=0.5, nll_entropy_exp=-1.0,
+                        nll_agg="micro-token-mean")
+    loss = entropy_weighted_nll(logp, mask, h_bar, arm)
+    want = (0.5 * torch.exp(-h_bar) * -logp * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, want, rtol=0, atol=1e-15)
+
+
 # ----------------------------------------------------------------------------------------- config
 
 
@@ -802,6 +833,12 @@ def _arm(**fields):
         ({"rollout": {"ref": "old", "agg": "token-mean"}}, r"hpt\.loss\.rollout\.adv is not set"),
         ({"demo_off": {"ref": "one", "adv": "batch", "shaping_gamma": 0.1}}, r"hpt\.loss\.demo_off\.agg is not set"),
         ({"rollout": {}}, r"hpt\.loss\.rollout\.ref is not set"),
+        # the entropy bonus's aggregation and the SRFT parts
+        ({"rollout": _arm(), "entropy_agg": "micro"}, r"hpt\.loss\.entropy_agg='micro' is not one of"),
+        ({"demo": _arm(nll_coef=0.5, nll_agg="mean")}, r"hpt\.loss\.demo\.nll_agg='mean' is not one of"),
+        ({"demo": _arm(nll_entropy_exp="x")}, r"hpt\.loss\.demo\.nll_entropy_exp='x' must be a finite number"),
+        ({"rollout": _arm(adv="outcome", adv_correct=float("inf"))}, r"hpt\.loss\.rollout\.adv_correct=inf"),
+        ({"rollout": _arm(adv="outcome", correct_score=None)}, r"hpt\.loss\.rollout\.correct_score=None"),
     ],
 )
 def test_bad_config_names_the_field(node, message):
