@@ -1,13 +1,22 @@
-"""The embedded default: HPT on CPU on a task the project generates itself (README's main job).
+"""The CPU route: HPT on CPU on the embedded arithmetic task (README's main job) or on your files.
 
-1. writes the synthetic arithmetic task (data/arith) if missing;
-2. makes the base model (models/arith-base: the tiny Qwen2 warmed up on level-1 problems) if missing;
+1. data: the synthetic arithmetic task (written to ``--data``, default data/arith, if missing), or
+   your own ``--train F --test F`` (rows in the contract of README "Your own data");
+2. base model: ``--base`` (default models/arith-base: the tiny Qwen2 warmed up on level-1
+   arithmetic, built if missing); a folder of your own (an HF model without the warm-up marker) is
+   used as it is;
 3. trains it with HPT through ``python -m recipe.hpt.main_hpt +exp=cpu_default`` (verl's
    RayPPOTrainer, FSDP2 on CPU, the hf rollout), printing one progress line per step;
-4. evaluates base and trained model on the held-out problems (greedy), per difficulty level;
-5. prints and writes the summary (outputs/default/summary.md, summary.json, dynamics.png).
+4. evaluates base and trained model on the held-out file (greedy), per difficulty level for the
+   arithmetic task, per data_source for your data;
+5. prints and writes the summary under the data's name (``--name``; default the arithmetic task, or
+   your test file's folder) to ``--out``: summary.md, summary.json, dynamics.png.
 
-Usage: python scripts/run_default.py [--steps 100] [--out outputs/default] [hydra overrides ...]
+Usage:
+  python scripts/run_default.py [--steps 100] [--out outputs/default] [hydra overrides ...]
+  python scripts/run_default.py --train my/train.parquet --test my/test.parquet [--name my-data]
+      [--base models/arith-base] [--eval-limit 200] [--steps N] [hydra overrides, e.g.
+      data.max_prompt_length=512 data.max_response_length=256]
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+ARITH_TITLE = "the synthetic arithmetic task"
+# verl's validation metric of any data_source: val-core/<data_source>/<acc|reward|score>/mean@1
+VAL_KEY = re.compile(r"^val-core/.+/(acc|reward|score)/mean@1$")
 
 
 def _progress_line(m: dict, total: int) -> str:
@@ -29,7 +42,7 @@ def _progress_line(m: dict, total: int) -> str:
         v = m.get(key)
         return fmt.format(v) if isinstance(v, (int, float)) else "-"
 
-    val = m.get("val-core/hpt_arith/acc/mean@1")
+    val = next((v for k, v in sorted(m.items()) if VAL_KEY.match(k)), None)
     return (f"step {m['step']:>3}/{total}  reward {f('critic/score/mean')}  pass-rate {f('hpt/pass_rate/mean')}  "
             f"SFT share {f('hpt/sft_question_share', '{:.2f}')}  sft-nll {f('actor/hpt/sft/nll')}  "
             f"rl-loss {f('actor/hpt/rl/pg_loss')}  {f('timing_s/step', '{:.1f}')}s/step"
@@ -70,13 +83,44 @@ def train(steps: int, out: Path, overrides: list[str]) -> Path:
     return ckpt / f"global_step_{steps}" / "actor" / "huggingface"
 
 
+def _override(overrides: list[str], key: str) -> str | None:
+    for o in overrides:
+        if o.lstrip("+").startswith(key + "="):
+            return o.split("=", 1)[1]
+    return None
+
+
+def _score_fn(overrides: list[str]):
+    """The function the run grades with: verl's dispatch when the custom reward is switched off."""
+    if _override(overrides, "reward.custom_reward_function.path") in ("null", "None", ""):
+        from verl.utils.reward_score import default_compute_score
+
+        return default_compute_score, "verl's default_compute_score (data_source dispatch)"
+    from verl_ext.reward import compute_score
+
+    return compute_score, "this project's math reward (last \\boxed{})"
+
+
+def _data_name(test: Path) -> str:
+    return test.parent.name if test.stem in ("test", "val", "validation") and test.parent.name else test.stem
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--out", default="outputs/default")
-    ap.add_argument("--data", default="data/arith")
-    ap.add_argument("--base", default="models/arith-base")
+    ap.add_argument("--data", default="data/arith",
+                    help="folder of the arithmetic task (written there if it has no train.parquet); a folder with "
+                         "your own train.parquet and test.parquet works too")
+    ap.add_argument("--train", default=None, help="your training file (.parquet/.jsonl in the row contract)")
+    ap.add_argument("--test", default=None, help="your held-out file, evaluated before and after training")
+    ap.add_argument("--name", default=None, help="the data's name in the summary (default: from the test file)")
+    ap.add_argument("--base", default="models/arith-base",
+                    help="base model folder: models/arith-base is built if missing; any other HF folder is used as is")
+    ap.add_argument("--eval-limit", type=int, default=200, help="held-out rows evaluated (first N)")
     args, overrides = ap.parse_known_args(argv)
+    if (args.train is None) != (args.test is None):
+        ap.error("--train and --test go together (your training file and your held-out file)")
     t0 = time.time()
     os.chdir(REPO)
     out = Path(args.out)
@@ -84,36 +128,62 @@ def main(argv=None):
     data, base = Path(args.data), Path(args.base)
 
     print("[1/5] data", flush=True)
-    if not (data / "train.parquet").exists():
-        from scripts.data.make_arith_dataset import main as make_data
-
-        make_data(["--out", str(data)])
+    if args.train is not None:
+        train_file, test_file = Path(args.train), Path(args.test)
+        for f in (train_file, test_file):
+            if not f.exists():
+                raise SystemExit(f"error: {f} does not exist")
+        print(f"      your data: train {train_file}, test {test_file}")
     else:
-        print(f"      reusing {data}")
+        train_file, test_file = data / "train.parquet", data / "test.parquet"
+        if not train_file.exists():
+            from scripts.data.make_arith_dataset import main as make_data
+
+            make_data(["--out", str(data)])
+        else:
+            print(f"      reusing {data}")
+
+    import pandas as pd
+
+    test = pd.read_parquet(test_file) if str(test_file).endswith(".parquet") else pd.read_json(test_file, lines=True)
+    is_arith = bool(len(test)) and set(test["data_source"]) == {"hpt_arith"}
+    name = args.name or (ARITH_TITLE if is_arith else _data_name(test_file))
+    # the base model's warm-up keeps the arithmetic task's held-out problems out of its data
+    arith_dir = data if is_arith and args.train is None else Path("data/arith")
+    arith_test = arith_dir / "test.parquet"
+
     print("[2/5] base model", flush=True)
-    from scripts.models.make_arith_base import main as make_base
+    if (base / "config.json").exists() and not (base / "hpt_base.json").exists():
+        print(f"      using your model {base} as it is")
+    else:
+        if not arith_test.exists():  # the warm-up keeps the arithmetic held-out problems out
+            from scripts.data.make_arith_dataset import main as make_data
 
-    make_base(["--out", str(base), "--test", str(data / "test.parquet")])
+            make_data(["--out", str(arith_dir)])
+        from scripts.models.make_arith_base import main as make_base
 
-    overrides = [f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'test.parquet'}",
+        make_base(["--out", str(base), "--test", str(arith_test)])
+
+    overrides = [f"data.train_files={train_file}", f"data.val_files={test_file}",
                  f"actor_rollout_ref.model.path={base}", *overrides]
     trained = train(args.steps, out, overrides)
 
     print("[4/5] held-out evaluation (greedy)", flush=True)
-    import pandas as pd
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from verl_ext.tasks.evaluate import level_accuracy
+    from verl_ext.tasks.evaluate import group_accuracy
     from verl_ext.tasks.report import accuracy_table, plot_dynamics, read_metrics
 
-    test = pd.read_parquet(data / "test.parquet")
+    test = test.head(args.eval_limit) if args.eval_limit else test
+    max_new = int(_override(overrides, "data.max_response_length") or 48)  # cpu_default's response length
+    score_fn, grader = _score_fn(overrides)
     tok = AutoTokenizer.from_pretrained(base)
     accs = {}
-    for name, path in (("base", base), ("HPT", trained)):
+    for model_name, path in (("base", base), ("HPT", trained)):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        accs[name] = level_accuracy(model, tok, test)
-    levels = sorted(k for k in accs["base"] if k.startswith("level_"))
+        accs[model_name] = group_accuracy(model, tok, test, max_new_tokens=max_new, score_fn=score_fn)
+    groups = [k for k in accs["base"] if k != "all"]
 
     print("[5/5] summary", flush=True)
     rows = read_metrics(out / "metrics.jsonl")
@@ -124,22 +194,30 @@ def main(argv=None):
                    for i in range(0, len(shares), k)]
     png = plot_dynamics({"HPT": rows}, out / "dynamics.png")
     step_times = [r["timing_s/step"] for r in rows if "timing_s/step" in r]
+    demo_rate = next((r["hpt/data/demo_reward_pass_rate"] for r in rows if "hpt/data/demo_reward_pass_rate" in r), None)
     summary = {
+        "name": name,
+        "data": {"train": str(train_file), "test": str(test_file), "test_rows_evaluated": len(test)},
         "steps": args.steps,
         "accuracy": accs,
         "improvement_all": accs["HPT"]["all"] - accs["base"]["all"],
+        "graded_by": grader,
+        "demo_reward_pass_rate": demo_rate,
         "sft_share_by_step": shares,
         "mean_step_seconds": sum(step_times) / max(len(step_times), 1),
         "wall_seconds": round(time.time() - t0, 1),
         "trained_model": str(trained),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    by = "difficulty level" if is_arith else "data_source"
     md = "\n".join([
-        f"## HPT on the synthetic arithmetic task ({args.steps} steps on CPU, {summary['wall_seconds']:.0f}s)",
-        "", "Held-out accuracy (%, greedy):", "", accuracy_table(accs, levels), "",
+        f"## HPT on {name} ({args.steps} steps on CPU, {summary['wall_seconds']:.0f}s)", "",
+        f"Held-out accuracy (%, greedy, {len(test)} problems of {test_file}, by {by}; graded by {grader}):", "",
+        accuracy_table(accs, groups), "",
         "SFT share of questions (the gate's offline-data ratio) by step range:", "",
         "| steps | SFT share |", "|---|---|", *share_lines, "",
-        f"Mean step time {summary['mean_step_seconds']:.2f}s. Dynamics plot: {png}", ""])
+        (f"Demonstrations passing the reward at start-up: {100 * demo_rate:.1f}%. " if demo_rate is not None else "")
+        + f"Mean step time {summary['mean_step_seconds']:.2f}s. Dynamics plot: {png}", ""])
     (out / "summary.md").write_text(md)
     print(md)
     return summary

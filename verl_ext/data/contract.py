@@ -57,7 +57,7 @@ CONTRACT: tuple[ContractField, ...] = (
                   "verl's reward loop (after generation); the start-up reward check",
                   "passed to the reward function; with no reward.custom_reward_function it *selects* verl's "
                   "scorer (openai/gsm8k, lighteval/MATH, ...; other names are refused at start-up); names the "
-                  "validation metrics (val-core/<data_source>/...)"),
+                  "validation metrics (`val-core/<data_source>/...`)"),
     ContractField("{prompt}", "list of {role: str, content: str} messages", "yes",
                   "verl's RLHFDataset (chat template, length filter)",
                   "the question; data.prompt_key names the column (default prompt)"),
