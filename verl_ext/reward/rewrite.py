@@ -107,13 +107,13 @@ def clean(answer: str) -> str:
 
 
 _SPACE_RE = re.compile(r"\s+")
-_KEEP_SPACE_RE = re.compile(r"(?<=[A-Za-z0-9]) (?=[A-Za-z0-9])")
+_KEEP_SPACE_RE = re.compile(r"(?<=\d) (?=\d)|(?<=[A-Za-z]) (?=[A-Za-z])")
 
 
 def squeeze(answer: str) -> str:
-    """A cleaned answer without spaces, for string comparison. A space between two letters or
-    digits is kept: ``4 2`` is two numbers, not 42 (thousands groups are read in
-    :mod:`verl_ext.reward.canonical`)."""
+    """A cleaned answer without spaces, for string comparison. A space between two digits or two
+    letters is kept: ``4 2`` is two numbers, not 42 (thousands groups are read in
+    :mod:`verl_ext.reward.canonical`), ``\\pi r`` is not ``\\pir``; ``4 i`` is ``4i``."""
     s = _SPACE_RE.sub(" ", answer.strip())
     s = _KEEP_SPACE_RE.sub("\x00", s).replace(" ", "")
     return s.replace("\x00", " ")
