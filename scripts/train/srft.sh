@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Baseline "SRFT (re-implemented)" (paper: Qwen2.5-Math-7B ID avg 44.2, OOD 58.7): configs/exp/baseline_srft.yaml.
-# The UPGE preset leaves out SRFT's entropy-weighted terms (see the exp file).
+# Loss: upge/srft_release.yaml, the release's SRFT rule (entropy-weighted rollout advantages and
+# demonstration NLL, LUFFY's shaping, entropy bonus per micro-batch); see the exp file.
 # The model picks the row: MODEL_NAME=Qwen2.5-Math-7B (default; Table 2), Qwen2.5-Math-1.5B or
 # Llama-3.1-8B (Table 3; LLaMA adds configs/exp/llama_zero_template.yaml and the zero-template data).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
