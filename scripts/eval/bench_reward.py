@@ -5,6 +5,10 @@ built from MATH-500 answers: exact copies, equivalent rewrites, wrong answers (a
 question's answer), unboxed responses and a few pathological strings.
 
     python scripts/eval/bench_reward.py [--size 2000] [--hard 10] [--workers 2] [--timeout 5] [--serial]
+        [--grader default|release]
+
+With ``--serial`` it prints the speed-up of ``score_batch`` over serial math-verify (the target is
+>= 1.5x on 2 workers) and how many verdicts the two share.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--serial", action="store_true", help="also time serial in-process math-verify")
+    ap.add_argument("--grader", default=None, choices=["default", "release"], help="grader mode (default: default)")
     args = ap.parse_args(argv)
 
     from verl_ext.reward import score_batch
@@ -87,7 +92,7 @@ def main(argv=None):
     sols, gts = build_batch(args.size, args.hard)
     with GraderPool(num_workers=args.workers) as pool:
         pool.warm_up()
-        r = score_batch(sols, gts, "MATH-500", timeout=args.timeout, progress=False, pool=pool)
+        r = score_batch(sols, gts, "MATH-500", timeout=args.timeout, progress=False, pool=pool, grader=args.grader)
         stats = dict(pool.stats)
     print(f"score_batch: {len(sols)} answers in {r.seconds:.2f}s = {r.throughput:.0f} answers/s; "
           f"accuracy {sum(r.scores) / len(sols):.3f}; timeouts {r.num_timeouts}; sent to workers {stats['requests']}; "
@@ -98,7 +103,7 @@ def main(argv=None):
         dt = time.monotonic() - t0
         agree = sum(a == b for a, b in zip(s, r.scores))
         print(f"serial math-verify: {dt:.2f}s = {len(sols) / dt:.0f} answers/s; accuracy {sum(s) / len(sols):.3f}; "
-              f"agreement with score_batch {agree}/{len(sols)}")
+              f"agreement with score_batch {agree}/{len(sols)}; score_batch speed-up {dt / r.seconds:.2f}x")
 
 
 if __name__ == "__main__":
