@@ -1,7 +1,8 @@
 """The Unified Policy Gradient Estimator (UPGE), implemented once; each method is a YAML preset.
 
     config.py       UPGEArmConfig / UPGELossConfig, load_upge_config (the ``hpt.loss`` node)
-    upge.py         pure tensor functions: per-token surrogate and aggregation of one arm
+    upge.py         pure tensor functions: per-token surrogate and aggregation of one arm, the per-row
+                    outcome advantage and the entropy-weighted NLL term
     batch_keys.py   the per-row keys the trainer supplies; annotate_arm_token_counts
     actor_loss.py   hpt_actor_loss, the drop-in for verl's ppo_loss (rollout / demo / demo_off arms + entropy + KL)
     policy_loss.py  UPGE rollout arms registered as verl policy losses (``loss_mode=upge_*``)
@@ -20,7 +21,14 @@ from verl_ext.loss.batch_keys import (
     mini_batch_ids,
 )
 from verl_ext.loss.config import UPGEArmConfig, UPGEConfigError, UPGELossConfig, load_upge_config
-from verl_ext.loss.upge import aggregate_arm_loss, upge_arm_loss, upge_token_loss
+from verl_ext.loss.upge import (
+    aggregate_arm_loss,
+    entropy_weighted_nll,
+    outcome_advantage,
+    row_mean_entropy,
+    upge_arm_loss,
+    upge_token_loss,
+)
 
 __all__ = [
     "ALL_TOTAL_KEYS",
@@ -32,9 +40,12 @@ __all__ = [
     "UPGELossConfig",
     "aggregate_arm_loss",
     "annotate_arm_token_counts",
+    "entropy_weighted_nll",
     "hpt_actor_loss",
     "load_upge_config",
     "mini_batch_ids",
+    "outcome_advantage",
+    "row_mean_entropy",
     "upge_arm_loss",
     "upge_token_loss",
 ]

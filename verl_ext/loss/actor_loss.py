@@ -102,8 +102,10 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
 
     Same signature and return value as ``ppo_loss(config, model_output, data, dp_group)``:
     ``(loss scalar, dict of Metric)``. ``config`` is verl's ActorConfig (entropy_coeff,
-    use_kl_loss, kl_loss_coef, kl_loss_type, loss_agg_mode for the entropy/KL terms,
-    loss_scale_factor, global_batch_info); ``upge`` the validated ``hpt.loss`` node.
+    use_kl_loss, kl_loss_coef, kl_loss_type, loss_agg_mode for the KL term and for the entropy
+    bonus under ``entropy_agg: global``, loss_scale_factor, global_batch_info); ``upge`` the
+    validated ``hpt.loss`` node. Arms with ``adv: outcome`` read the rows' scores from
+    ``token_level_scores`` (or ``rm_scores``); parts weighted by H̄_i read ``model_output["entropy"]``.
     """
     log_prob = no_padding_2_padding(model_output["log_probs"], data)
     entropy = model_output.get("entropy", None)
