@@ -1,4 +1,4 @@
-"""Rule-based math/multiple-choice reward for verl (HPT release grading, hard timeouts).
+"""Rule-based math/multiple-choice reward for verl (math-verify as the judge, hard timeouts).
 
 verl config::
 
@@ -6,9 +6,11 @@ verl config::
     reward.custom_reward_function.name=compute_score
     # or, without verl_ext installed: path=<repo>/verl_ext/reward/verl_entry.py
 
-Modules: ``extract`` (last box, choice letter), ``normalize`` (string forms), ``equivalence``
-(string/sympy/math-verify graders, run in workers), ``worker`` + ``pool`` (kill-on-timeout
-processes), ``score`` (``compute_score``), ``batch`` (``score_batch``).
+Modules: ``extract`` (final box(es), choice letter), ``rewrite`` (presentation clean-up), ``canonical``
+(cheap forms decided in-process), ``judge`` (math-verify, then string; run in workers),
+``release`` + ``normalize`` + ``equivalence`` (the opt-in release-style grader), ``worker`` + ``pool``
+(kill-on-timeout processes), ``score`` (``compute_score``), ``batch`` (``score_batch``).
+See ``verl_ext/reward/README.md``.
 """
 
 from verl_ext.reward.batch import BatchScores, score_batch

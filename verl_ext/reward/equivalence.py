@@ -1,4 +1,5 @@
-"""Mathematical equivalence of a predicted answer and a ground truth (the parser-based part).
+"""Release mode only (``grader="release"``, see :mod:`verl_ext.reward.release`): mathematical
+equivalence of a predicted answer and a ground truth (the parser-based part).
 
 ``pred`` is correct for ``gt`` when any of three graders accepts it, tried cheapest first (the
 HPT release's ``entropy_math`` order with ``fast=False``):

@@ -1,4 +1,5 @@
-"""String normalisation of final answers (the cheap, parser-free part of grading).
+"""Release mode only (``grader="release"``, see :mod:`verl_ext.reward.release`): string
+normalisation of final answers (the cheap, parser-free part of that grader).
 
 Two normalisers, as in the Hendrycks-MATH / Dr.GRPO grader lineage the HPT release uses:
 
