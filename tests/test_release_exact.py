@@ -1,7 +1,8 @@
 """Release presets against the official HPT release's loss rule, total gradient, float64 on CPU.
 
-The reference below is the release's update rule (LUFFY fork ``mix_src``, as described in the
-project's notes), written here from that description, not from its code. For D data-parallel
+The reference below is the release's update rule (TsinghuaC3I/Unify-Post-Training, a LUFFY fork:
+``mix_src/mix_actor.py`` update_policy), re-derived and written here independently of both that
+code and ``verl_ext.loss``. For D data-parallel
 ranks, each with its own micro-batches (rows of that rank only), the release computes per
 micro-batch
 

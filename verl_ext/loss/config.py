@@ -77,7 +77,7 @@ REF_MODES = ("old", "self", "one", "gspo_seq")
 ADV_MODES = ("batch", "one", "outcome")
 # The five modes implemented by verl.trainer.ppo.core_algos.agg_loss, normalised over the global batch.
 VERL_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-# The official HPT release's two normalisations (hpt-paper-notes §2.2 "Actor loss").
+# The official HPT release's two normalisations (its mix_actor.py update_policy, offline_loss_type=sft).
 RELEASE_AGG_MODES = ("const-len", "micro-token-mean")
 AGG_MODES = VERL_AGG_MODES + RELEASE_AGG_MODES
 ARM_NAMES = ("rollout", "demo", "demo_off")
