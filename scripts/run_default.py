@@ -80,7 +80,11 @@ def train(steps: int, out: Path, overrides: list[str]) -> Path:
     if proc.returncode != 0:
         tail = log_path.read_text()[-4000:]
         raise SystemExit(f"training failed (exit {proc.returncode}); last lines of {log_path}:\n{tail}")
-    return ckpt / f"global_step_{steps}" / "actor" / "huggingface"
+    final = ckpt / f"global_step_{steps}" / "actor" / "huggingface"
+    if not final.exists():
+        raise SystemExit(f"training ended without the step-{steps} checkpoint {final} (see {log_path}): the run "
+                         f"stopped early, e.g. the data ran out (trainer.total_epochs x batches per epoch < {steps})")
+    return final
 
 
 def _override(overrides: list[str], key: str) -> str | None:
@@ -164,6 +168,17 @@ def main(argv=None):
 
         make_base(["--out", str(base), "--test", str(arith_test)])
 
+    if _override(overrides, "trainer.total_epochs") is None:
+        # enough passes over a small file for --steps batches (verl stops at the end of the last epoch)
+        train_rows = len(pd.read_parquet(train_file, columns=["data_source"])) if str(train_file).endswith(
+            ".parquet") else len(pd.read_json(train_file, lines=True))
+        batch = int(_override(overrides, "data.train_batch_size") or 32)  # cpu_default's batch
+        per_epoch = train_rows // batch
+        if per_epoch < 1:
+            raise SystemExit(f"error: {train_file} has {train_rows} rows, fewer than one batch "
+                             f"(data.train_batch_size={batch}): lower data.train_batch_size (and "
+                             f"actor_rollout_ref.actor.ppo_mini_batch_size) or add rows")
+        overrides = [f"trainer.total_epochs={-(-args.steps // per_epoch)}", *overrides]
     overrides = [f"data.train_files={train_file}", f"data.val_files={test_file}",
                  f"actor_rollout_ref.model.path={base}", *overrides]
     trained = train(args.steps, out, overrides)
