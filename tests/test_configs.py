@@ -38,7 +38,8 @@ DEMO_ARMS = {"table5_mix_on": ("demo", "demo_off"), "table5_off_on": ("demo_off"
 # The paper-run files (all include release_gpu.yaml) and the values that would differ if the file
 # were wrong. Keys are dotted config paths.
 HPT_RELEASE_RL = {"hpt.loss.rollout.stable": "none", "hpt.loss.rollout.ref": "old",
-                  "hpt.loss.rollout.agg": "const-len", "hpt.loss.rollout.const_len": 8192}
+                  "hpt.loss.rollout.agg": "const-len", "hpt.loss.rollout.const_len": 8192,
+                  "hpt.loss.entropy_agg": "micro-token-mean"}
 HPT_RELEASE = {**HPT_RELEASE_RL, "hpt.loss.demo.ref": "self", "hpt.loss.demo.adv": "one",
                "hpt.loss.demo.agg": "micro-token-mean", "algorithm.norm_adv_by_std_in_grpo": False}
 LUFFY_LOSS = {**HPT_RELEASE_RL, "hpt.loss.demo.ref": "one", "hpt.loss.demo.adv": "batch",
@@ -83,9 +84,15 @@ EXPECTED = {
                      "data.train_batch_size": 64, "trainer.total_epochs": 3,
                      "trainer.total_training_steps": None, "hpt.skip_grad_norm_above": None},
     "baseline_luffy": {**LUFFY_LOSS, **LUFFY_GROUPING},
-    "baseline_srft": {**LUFFY_GROUPING, "hpt.loss.rollout.ref": "self", "hpt.loss.rollout.agg": "const-len",
-                      "hpt.loss.demo.ref": "one", "hpt.loss.demo.shaping_gamma": None,
-                      "hpt.loss.demo.agg": "const-len", "algorithm.norm_adv_by_std_in_grpo": False},
+    "baseline_srft": {**LUFFY_GROUPING, "hpt.loss.rollout.ref": "self", "hpt.loss.rollout.adv": "outcome",
+                      "hpt.loss.rollout.adv_correct": 0.1, "hpt.loss.rollout.adv_incorrect": -1.0,
+                      "hpt.loss.rollout.adv_entropy_exp": 1.0, "hpt.loss.rollout.agg": "const-len",
+                      "hpt.loss.demo.ref": "one", "hpt.loss.demo.shaping_gamma": 0.1,
+                      "hpt.loss.demo.agg": "const-len", "hpt.loss.demo.nll_coef": 0.5,
+                      "hpt.loss.demo.nll_entropy_exp": -1.0, "hpt.loss.demo.nll_agg": "micro-token-mean",
+                      "hpt.loss.average_over_dp_ranks": True, "hpt.loss.entropy_agg": "micro-token-mean",
+                      "actor_rollout_ref.actor.calculate_entropy": True,
+                      "algorithm.norm_adv_by_std_in_grpo": False},
     "table5_sft_on": QWEN1_5B,
     # Table 5: one loss (SFT demo arm at 0.3 + off-policy demo_off arm), rows chosen by hpt.gate.demo_arms
     "table5_off_on": {**QWEN1_5B, **OFF_ARM, **TABLE5_GATE, "hpt.gate.demo_arms": ["demo_off"],
@@ -169,7 +176,8 @@ def _zero_template():
 
 def test_every_paper_file_has_expectations():
     mine = set(EXPECTED) | {"release_gpu"}
-    others = {n for n in ALL_EXPS if n.startswith("cpu_")}  # CPU smoke configs (tests/test_e2e_cpu.py)
+    # CPU smoke configs (tests/test_e2e_cpu.py) and the GPU smoke run (test_gpu_smoke_settings)
+    others = {n for n in ALL_EXPS if n.startswith("cpu_")} | {"gpu_smoke"}
     missing = sorted(set(ALL_EXPS) - mine - others)
     assert not missing, f"configs/exp files without expectations in tests/test_configs.py: {missing}"
 
@@ -489,3 +497,15 @@ def test_eval_all_dry_run_evaluates_checkpoints(tmp_path):
     assert cmd[cmd.index("--model") + 1] == str(hf)
     assert cmd[cmd.index("--prompt-style") + 1] == "zero"
     assert "grpo_qwen2.5-math-7b: no checkpoint" in res.stdout
+
+
+def test_gpu_smoke_settings(composed):
+    """scripts/gpu_smoke.sh's run: verl's vLLM rollout on one GPU, rollout log-probs for the mismatch
+    metric, token-level truncated IS on, the gate able to fire both ways."""
+    cfg = composed("gpu_smoke")
+    want = {"actor_rollout_ref.rollout.name": "vllm", "actor_rollout_ref.rollout.calculate_log_probs": True,
+            "actor_rollout_ref.rollout.tensor_model_parallel_size": 1, "trainer.n_gpus_per_node": 1,
+            "algorithm.rollout_correction.rollout_is": "token", "algorithm.rollout_correction.bypass_mode": False,
+            "hpt.gate.strategy": "switch", "hpt.gate.gamma": 0.5, "actor_rollout_ref.model.use_remove_padding": True}
+    for key, value in want.items():
+        assert _select(cfg, key) == value, key

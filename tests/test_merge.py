@@ -504,7 +504,7 @@ def _gate_for(name):
         return GateConfig(strategy="always")
     if upge.demo is None:
         return GateConfig(strategy="never")
-    if name in ("luffy", "srft"):  # off-policy demonstrations join the rollout group
+    if name in ("luffy", "srft", "srft_release"):  # off-policy demonstrations join the rollout group
         return GateConfig(gamma=0.25, placement="add", keep_gated_rollouts=True)
     if upge.demo_off is not None:  # Mix/ON: an SFT row of its own and an off-policy row in the group
         return GateConfig(gamma=0.25, keep_gated_rollouts=True, demo_arms=("demo", "demo_off"))
@@ -577,8 +577,11 @@ def _assert_same_grads(want, got):
 @pytest.mark.parametrize("name", PRESETS)
 def test_padding_rows_do_not_change_the_gradient(name, entropy_coeff):
     policy = TinyPolicy(seed=1)
-    loss_fn = functools.partial(hpt_actor_loss, config=actor_config(entropy_coeff=entropy_coeff), upge=preset(name))
-    with_entropy = entropy_coeff != 0.0  # verl computes entropy only then (calculate_entropy=false)
+    upge = preset(name)
+    loss_fn = functools.partial(hpt_actor_loss, config=actor_config(entropy_coeff=entropy_coeff), upge=upge)
+    # verl computes the entropy when entropy_coeff != 0 or actor.calculate_entropy=true, which a run of
+    # a preset with H̄-weighted parts (SRFT) sets
+    with_entropy = entropy_coeff != 0.0 or upge.needs_row_entropy
     real = training_batch(name, policy)
     padded, n_pad = pad_with_zero_weight_rows(copy.deepcopy(real), 8)
     assert len(padded) % 8 == 0 and n_pad > 0
@@ -591,8 +594,9 @@ def test_padding_rows_do_not_change_the_gradient(name, entropy_coeff):
     got = actor_gradient(policy, padded, loss_fn, len(padded), 1, with_entropy)
     _assert_same_grads(want, got)
 
-    if preset(name).demo is None or preset(name).demo.agg != "micro-token-mean":
-        # (the release's per-micro-batch SFT mean depends on the rank split on purpose)
+    if upge.split_invariant(with_entropy_bonus=entropy_coeff != 0.0):
+        # (per-micro-batch means depend on the rank split on purpose: the release's SFT arm, SRFT's
+        # NLL term, the release presets' entropy bonus)
         got_dp2 = actor_gradient(policy, copy.deepcopy(padded), loss_fn, len(padded), 2, with_entropy)
         want_dp2 = actor_gradient(policy, copy.deepcopy(real), loss_fn, len(real), 2, with_entropy)
         _assert_same_grads(want_dp2, got_dp2)
