@@ -31,7 +31,11 @@ def char_tokenizer(tmp_path_factory):
 
 def test_prepare_benchmarks_parquet(tmp_path):
     prep = _load_script("scripts/data/prepare_benchmarks.py")
-    written = prep.main(["--out-dir", str(tmp_path), "--benchmarks", "aime24", "gpqa", "math500", "--limit", "3"])
+    gpqa_dir = tmp_path / "own"  # GPQA is not shipped (its authors ask not to republish it): a user's folder
+    gpqa_dir.mkdir()
+    (gpqa_dir / "GPQA.json").write_text(json.dumps([{"prompt": "Which? A) x B) y C) z D) w", "answer": "D"}] * 3))
+    written = prep.main(["--out-dir", str(tmp_path), "--benchmarks", "aime24", "math500", "--limit", "3"])
+    written.update(prep.main(["--out-dir", str(tmp_path), "--benchmarks", "gpqa", "--benchmark-dir", str(gpqa_dir)]))
     assert set(written) == {"aime24", "gpqa", "math500"}
 
     df = pd.read_parquet(written["aime24"])
@@ -61,9 +65,16 @@ def test_prepare_benchmarks_simplerl_style(tmp_path):
 
 
 def test_benchmark_registry_matches_files():
-    expected_sizes = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva": 272, "olympiad": 674, "gpqa": 198}
+    """The six math sets ship in the repo (assets/benchmarks, with their sources); GPQA does not."""
+    from verl_ext.data.benchmarks import DEFAULT_BENCHMARK_DIR
+
+    assert DEFAULT_BENCHMARK_DIR == REPO / "assets" / "benchmarks"
+    expected_sizes = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva": 272, "olympiad": 674}
+    sources = (DEFAULT_BENCHMARK_DIR / "SOURCES.md").read_text()
     for key, size in expected_sizes.items():
         assert len(load_questions(BENCHMARKS[key])) == size
+        assert BENCHMARKS[key].file in sources and BENCHMARKS[key].hf_id in sources
+    assert not (DEFAULT_BENCHMARK_DIR / "GPQA.json").exists() and BENCHMARKS["gpqa"].hf_id
     assert {k: b.default_n for k, b in BENCHMARKS.items() if b.default_n > 1} == {"aime24": 32, "aime25": 32, "amc23": 32}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,16 @@ def _read_jsonl(path):
 @pytest.fixture(scope="module")
 def e2e_run(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_tiny")
+    # The repo ships AIME24 (assets/benchmarks) but not GPQA (not to be republished): a folder of the
+    # user's own, here with two made-up multiple-choice questions in the release's format.
+    bench = tmp_path_factory.mktemp("bench")
+    shutil.copy(Path(__file__).resolve().parents[1] / "assets/benchmarks/AIME24.json", bench)
+    (bench / "GPQA.json").write_text(json.dumps([
+        {"prompt": "Which is largest?\n\nA) 1\nB) 2\nC) 3\nD) 4", "answer": "D"},
+        {"prompt": "Which is smallest?\n\nA) 1\nB) 2\nC) 3\nD) 4", "answer": "A"}]))
     evaluate = _load_script("scripts/eval/evaluate.py")
     summary = evaluate.main(["--model", tiny_model, "--out-dir", str(out), "--benchmarks", "aime24", "GPQA",
-                             "--backend", "hf", "--n", "2", "--limit", "2", "--max-tokens", "16", "--no-progress"])
+                             "--benchmark-dir", str(bench), "--backend", "hf", "--n", "2", "--limit", "2", "--max-tokens", "16", "--no-progress"])
     return out, summary
 
 

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), help=f"subset of {list(BENCHMARKS)}")
-    ap.add_argument("--benchmark-dir", default=None, help="folder with the *.json files (default $HPT_BENCHMARK_DIR or /work/shared/data/benchmarks)")
+    ap.add_argument("--benchmark-dir", default=None, help="folder with the *.json files (default $HPT_BENCHMARK_DIR, else the repo's assets/benchmarks, "
+                         "else each set's public dataset id)")
     ap.add_argument("--prompt-style", default="user", choices=PROMPT_STYLES,
                     help="user: question only, as the release's validation sets; simplerl: + the eval system prompt; zero: LLaMA plain template")
     ap.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
