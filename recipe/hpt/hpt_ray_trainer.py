@@ -68,6 +68,19 @@ SKIP_GRAD_NORM_KEY = "actor/hpt/skip_grad_norm"
 SKIP_OVERFLOW_KEY = "actor/hpt/fp16_overflow"
 
 
+def question_id(extra_info) -> int | str:
+    """A question's ``extra_info.index`` as logged in ``hpt_state``: an int, or a string id such as
+    ``"q-0"`` (the data contract allows both, verl's loader passes them through); -1 when absent."""
+    index = (extra_info or {}).get("index", -1) if isinstance(extra_info, dict) else -1
+    if isinstance(index, (bool, np.bool_)) or index is None:
+        return -1
+    if isinstance(index, (int, np.integer)):
+        return int(index)
+    if isinstance(index, (float, np.floating)) and float(index).is_integer():
+        return int(index)  # parquet turns an int column with nulls into floats
+    return str(index)
+
+
 def unsupported_settings(config) -> list[str]:
     """verl settings this trainer cannot honour, each with its reason (empty list: none).
 
@@ -150,9 +163,7 @@ class RayHPTTrainer(RayPPOTrainer):
         scores = batch.batch["rm_scores"].sum(-1).float().numpy()
         stats = question_stats(batch.non_tensor_batch["uid"], scores, cfg.correct_threshold)
         infos = batch.non_tensor_batch.get("extra_info")
-        question_indices = [
-            int((infos[int(r)] or {}).get("index", -1)) if infos is not None else -1 for r in stats.first_row
-        ]
+        question_indices = [question_id(infos[int(r)] if infos is not None else None) for r in stats.first_row]
         alpha, beta = gate_by_pass_rate(stats.correct, stats.n, cfg)
         alpha, beta, missing = self._demo_fallback(batch, stats, alpha, beta, question_indices)
 
@@ -203,7 +214,7 @@ class RayHPTTrainer(RayPPOTrainer):
         metrics["hpt/cumulative/demo_missing"] = self.hpt_state["demo_missing"]
 
     def _demo_fallback(self, batch: DataProto, stats, alpha: np.ndarray, beta: np.ndarray,
-                       question_indices: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+                       question_indices: list) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Route gated questions without a usable demonstration (missing, empty, not a string) to
         RL instead (α = 1, β = 0); returns the new weights and those questions' positions."""
         infos = batch.non_tensor_batch.get("extra_info")
