@@ -6,6 +6,10 @@ an ordinary Hugging Face folder. Idempotent: a finished folder (``hpt_base.json`
 settings) is reused.
 
 Usage: python scripts/models/make_arith_base.py --out models/arith-base --test data/arith/test.parquet
+
+The arena's base (scripts/arena.py, configs/arena/cpu.yaml) is the same recipe with a stronger
+warm-up: ``--warmup-levels 1,2 --steps 300 --exclude data/arena/val.parquet`` (the extra files'
+problems are kept out of the warm-up too).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ def main(argv=None):
     ap.add_argument("--test", default="data/arith/test.parquet",
                     help="held-out problems: excluded from warm-up data, used for the base accuracy report")
     ap.add_argument("--steps", type=int, default=SETTINGS["steps"])
+    ap.add_argument("--warmup-levels", default=None,
+                    help=f"comma-separated levels of the warm-up data (default {SETTINGS['warmup_levels']})")
+    ap.add_argument("--exclude", default="", help="comma-separated parquet files whose problems the warm-up skips")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
 
@@ -40,6 +47,8 @@ def main(argv=None):
     from verl_ext.tiny import build_tiny_model
 
     settings = dict(SETTINGS, steps=args.steps)
+    if args.warmup_levels:
+        settings["warmup_levels"] = [int(x) for x in args.warmup_levels.split(",")]
     out = Path(args.out)
     marker = out / "hpt_base.json"
     if marker.exists() and not args.force and json.loads(marker.read_text()).get("settings") == settings:
@@ -54,6 +63,8 @@ def main(argv=None):
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     test = pd.read_parquet(args.test)
     held_out = {info["question"] for info in test["extra_info"]}
+    for extra in filter(None, args.exclude.split(",")):
+        held_out |= {info["question"] for info in pd.read_parquet(extra)["extra_info"]}
     rows = generate_rows(settings["warmup_problems"], tuple(settings["warmup_levels"]), seed=1234, split="warmup",
                          exclude=held_out, unique=False)
     pairs = [(r["prompt"][0]["content"], r["extra_info"]["target"]) for r in rows]

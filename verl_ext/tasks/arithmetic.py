@@ -13,6 +13,11 @@ Levels (one-digit operands; every intermediate result is shown in the demo):
   5: a*b+c*d             three steps, two products
 Harder levels are chains of the easy step, so SFT on their demonstrations is learnable by a tiny
 model in minutes, while a model warmed up on level 1 alone never solves them at the start.
+
+Out-of-distribution families (the arena's OOD column, ``scripts/arena.py``; never in any training
+or warm-up set, never produced unless asked for):
+  6: a+b+c+d+e           a longer chain than any training level (four addition steps)
+  7: c+a*b               a new operator mix: the product comes second ("6*7=42. 5+42=47.")
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from dataclasses import dataclass
 
 DATA_SOURCE = "hpt_arith"
 LEVELS = (1, 2, 3, 4, 5)
+OOD_LEVELS = (6, 7)
+LEVEL_NAMES = {1: "a+b", 2: "a+b+c", 3: "a+b+c+d", 4: "a*b+c", 5: "a*b+c*d", 6: "a+b+c+d+e (OOD: longer chain)",
+               7: "c+a*b (OOD: new operator mix)"}
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,15 @@ def make_problem(level: int, rng: random.Random) -> Problem:
         a, b, c, e = d(2), d(2), d(2), d(2)
         expr, ans = f"{a}*{b}+{c}*{e}", a * b + c * e
         steps = [f"{a}*{b}={a * b}.", f"{c}*{e}={c * e}.", f"{a * b}+{c * e}={ans}."]
+    elif level == 6:
+        terms = [d() for _ in range(5)]
+        expr, (ans, steps) = "+".join(map(str, terms)), _steps_sum(terms)
+    elif level == 7:
+        a, b, c = d(2), d(2), d()
+        expr, ans = f"{c}+{a}*{b}", a * b + c
+        steps = [f"{a}*{b}={a * b}.", f"{c}+{a * b}={ans}."]
     else:
-        raise ValueError(f"level must be one of {LEVELS}, got {level}")
+        raise ValueError(f"level must be one of {LEVELS + OOD_LEVELS}, got {level}")
     demo = " ".join(steps) + f" \\boxed{{{ans}}}"
     return Problem(level=level, question=expr, answer=ans, demonstration=demo)
 
