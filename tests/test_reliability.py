@@ -418,7 +418,7 @@ def test_skipped_steps_are_counted_and_n_in_a_row_stop_the_run(char_tok):
     assert "1 because the pre-clip grad norm exceeded" in t._stop_reason
     assert "hpt.max_consecutive_skips=3" in t._stop_reason
     with pytest.raises(HPTStopError, match="non-finite"):
-        t._get_gen_batch(None)  # the next step refuses to start
+        t._start_profiling(False)  # the next training step refuses to start (tests/test_hpt_step.py)
 
 
 def test_no_stop_when_disabled(char_tok):

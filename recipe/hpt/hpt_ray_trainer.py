@@ -27,12 +27,14 @@ Reliability (issue 8): a gated question without a usable demonstration falls bac
 β = 0; ``hpt/demo_missing``); the grader's ``timeout``/``grader_error`` reward extras are summed
 into ``hpt/reward/*``; optimizer steps skipped by the worker's step guard (non-finite loss or
 gradient) are counted (``hpt/skipped_steps``) and ``hpt.max_consecutive_skips`` of them in a row
-stop the run with an error at the start of the next step (the failing step's metrics are logged
-first); the data-validation counts are logged at the first step; ``hpt_summary.json`` (in
+stop the run with an error from ``_start_profiling``, the first call of the next training step
+(the failing step's metrics, and its validation on a ``test_freq`` step, are logged first); the data-validation counts are logged at the first step; ``hpt_summary.json`` (in
 ``trainer.default_local_dir``) summarises the run when ``fit`` ends, normally or not.
 
 Requires ``trainer.balance_batch=true`` (verl's default): that flag is what makes ``fit`` call
-hook 1. The constructor refuses a config without it.
+hook 1. Hook 1 needs every rollout's score (``rm_scores``) and raises without it (never plain GRPO
+in silence). :func:`unsupported_settings` lists what cannot work; ``main_hpt`` and the constructor
+refuse such a config.
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ def unsupported_settings(config) -> list[str]:
             "policy loss (loss_mode=bypass_mode), which the HPT loss replaces, and demonstration rows have no "
             "rollout log-probs to stand in for old log-probs. Use decoupled mode (bypass_mode=false, verl's "
             "default): the HPT loss applies verl's rollout_is_weights to rollout rows.")
+    reward_model = (config.get("reward", None) or {}).get("reward_model", None) or {}
+    if reward_model.get("enable", False) and not reward_model.get("enable_resource_pool", False):
+        problems.append(
+            "reward.reward_model.enable=true with reward.reward_model.enable_resource_pool=false: a colocated "
+            "reward model scores the batch after verl's _balance_batch hook (RayPPOTrainer.fit's 'reward' "
+            "phase), but HPT's gate needs every rollout's score (rm_scores) in that hook. Give the reward model "
+            "its own resource pool (reward.reward_model.enable_resource_pool=true), which makes verl score "
+            "each rollout inside the agent loop, before the hook.")
     return problems
 
 
@@ -141,9 +151,18 @@ class RayHPTTrainer(RayPPOTrainer):
         if not self._data_metrics_logged and self.data_report is not None:
             metrics.update(self.data_report.metrics())
             self._data_metrics_logged = True
-        if "rm_scores" in batch.batch.keys() and IS_DEMO not in batch.batch.keys():
-            self._count_reward_flags(batch, metrics)
-            self._gate_and_merge(batch, metrics)
+        if IS_DEMO in batch.batch.keys():
+            raise RuntimeError(f"HPT: the batch reached _balance_batch already merged (it holds {IS_DEMO!r}); "
+                               "RayPPOTrainer.fit is expected to call this hook once per step")
+        if "rm_scores" not in batch.batch.keys():
+            # Never train plain GRPO silently: the gate needs every rollout's verified score here.
+            raise RuntimeError(
+                "HPT: the batch reached verl's _balance_batch hook without rm_scores, so the gate cannot see "
+                "the rollouts' scores. verl fills rm_scores in the agent loop when no reward model is used or "
+                "when reward.reward_model.enable_resource_pool=true; a colocated reward model scores later and "
+                "is refused at start-up (recipe.hpt.hpt_ray_trainer.unsupported_settings).")
+        self._count_reward_flags(batch, metrics)
+        self._gate_and_merge(batch, metrics)
         # Pad once, here, to whole mini-batches and whole DP/micro-batch shares, *before* verl's
         # balancing: the inert rows are then placed by the balancer like any other row. Rows
         # appended after it would shift every DP rank's contiguous share and undo the balance.
@@ -379,11 +398,14 @@ class RayHPTTrainer(RayPPOTrainer):
                 f"hpt.skip_grad_norm_above, or set it to null), then resume from the last checkpoint.")
             logger.error(self._stop_reason)
 
-    def _get_gen_batch(self, batch: DataProto) -> DataProto:
-        # First thing of every step in fit(): stop here, after the previous step was logged.
+    def _start_profiling(self, do_profile: bool) -> None:
+        """The first call of every training step in ``fit`` (before the batch is built) and made by
+        nothing else: ``_validate`` does not call it (unlike ``_get_gen_batch``, which validation
+        shares). Raising here stops the run only after the previous step, its validation on a
+        ``test_freq`` step included, was logged."""
         if self._stop_reason:
             raise HPTStopError(self._stop_reason)
-        return super()._get_gen_batch(batch)
+        return super()._start_profiling(do_profile)
 
     def fit(self):
         try:
