@@ -215,6 +215,9 @@ def test_exp_composes_and_validates(name, composed):
     # Trainer preconditions (RayHPTTrainer).
     assert cfg.trainer.balance_batch is True
     assert cfg.actor_rollout_ref.actor.shuffle is False
+    from recipe.hpt.hpt_ray_trainer import unsupported_settings
+
+    assert unsupported_settings(cfg) == [], f"{name}: {unsupported_settings(cfg)}"
     _verl_validate(cfg)
 
 

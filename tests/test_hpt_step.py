@@ -97,3 +97,39 @@ def test_no_stop_armed_means_profiling_is_verls(char_tok, monkeypatch):
     t._start_profiling(True)
     assert calls == [True]
     np.testing.assert_equal(t._stop_reason, None)
+
+
+# ------------------------------------------------------------------ settings refused at start-up
+@pytest.mark.parametrize("key, value, names", [
+    ("algorithm.adv_estimator", "gae", ["algorithm.adv_estimator=gae", "critic"]),
+    ("algorithm.adv_estimator", "remax", ["algorithm.adv_estimator=remax", "second"]),
+    ("critic.enable", True, ["critic.enable=true", "value model"]),
+    ("distillation.enabled", True, ["distillation.enabled=true", "hpt_actor_loss"]),
+    ("actor_rollout_ref.actor.policy_loss.loss_mode", "gspo",
+     ["actor_rollout_ref.actor.policy_loss.loss_mode=gspo", "hpt/loss="]),
+    ("actor_rollout_ref.actor.use_prefix_grouper", True, ["use_prefix_grouper=true", "uid"]),
+    ("actor_rollout_ref.actor.shuffle", True, ["actor_rollout_ref.actor.shuffle=true", "shuffle=false"]),
+])
+def test_settings_the_hpt_loss_cannot_honour_are_refused_with_the_reason(key, value, names):
+    problems = unsupported_settings(_base(**{key: value}))
+    assert len(problems) == 1, problems
+    for name in names:
+        assert name in problems[0]
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_plus_plus"])
+def test_outcome_estimators_and_verl_defaults_are_accepted(estimator):
+    cfg = _base(**{"algorithm.adv_estimator": estimator, "critic.enable": None, "distillation.enabled": False,
+                   "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
+                   "actor_rollout_ref.actor.use_prefix_grouper": False, "actor_rollout_ref.actor.shuffle": False})
+    assert unsupported_settings(cfg) == []
+
+
+def test_the_trainer_constructor_refuses_them_too(monkeypatch):
+    """RayHPTTrainer.__init__ with verl's constructor stubbed (the real one needs Ray and datasets)."""
+    from recipe.hpt.hpt_ray_trainer import RayHPTTrainer
+
+    cfg = _base(**{"actor_rollout_ref.actor.shuffle": True, "hpt.gate.strategy": "switch"})
+    monkeypatch.setattr(RayPPOTrainer, "__init__", lambda self, *a, **k: setattr(self, "config", cfg))
+    with pytest.raises(ValueError, match="actor_rollout_ref.actor.shuffle=true"):
+        RayHPTTrainer()

@@ -83,6 +83,12 @@ def question_id(extra_info) -> int | str:
     return str(index)
 
 
+# Advantage estimators computed from each row's outcome score and uid group alone (verl's
+# core_algos): they work unchanged on the merged batch (demonstration rows, inert padding rows).
+SUPPORTED_ADV_ESTIMATORS = frozenset({
+    "grpo", "grpo_vectorized", "rloo", "rloo_vectorized", "reinforce_plus_plus", "reinforce_plus_plus_baseline"})
+
+
 def unsupported_settings(config) -> list[str]:
     """verl settings this trainer cannot honour, each with its reason (empty list: none).
 
@@ -100,6 +106,44 @@ def unsupported_settings(config) -> list[str]:
             "policy loss (loss_mode=bypass_mode), which the HPT loss replaces, and demonstration rows have no "
             "rollout log-probs to stand in for old log-probs. Use decoupled mode (bypass_mode=false, verl's "
             "default): the HPT loss applies verl's rollout_is_weights to rollout rows.")
+    algorithm = config.get("algorithm", None) or {}
+    estimator = str(algorithm.get("adv_estimator", "grpo"))
+    if estimator not in SUPPORTED_ADV_ESTIMATORS:
+        problems.append(
+            f"algorithm.adv_estimator={estimator}: RayHPTTrainer supports {sorted(SUPPORTED_ADV_ESTIMATORS)}, the "
+            "estimators computed from each row's outcome score and its uid group alone. "
+            + ("GAE needs a critic, whose values and update would also run on demonstration rows. "
+               if estimator == "gae" else
+               "Others need inputs the merged batch does not provide for demonstration rows (a second "
+               "generation, per-token baselines, several reward heads). "))
+    critic = config.get("critic", None) or {}
+    if critic.get("enable", None):
+        problems.append(
+            "critic.enable=true: RayHPTTrainer trains no value model; demonstration rows have no values, and "
+            "the HPT loss's rollout arm takes verl's outcome advantages (set critic.enable=null or false)")
+    distillation = config.get("distillation", None) or {}
+    if distillation.get("enabled", False):
+        problems.append(
+            "distillation.enabled=true: verl adds its distillation loss inside its own actor loss_fn, which the "
+            "HPT worker replaces with verl_ext.loss.actor_loss.hpt_actor_loss (the teacher term would be "
+            "dropped without a word)")
+    actor = (config.get("actor_rollout_ref", None) or {}).get("actor", None) or {}
+    loss_mode = str((actor.get("policy_loss", None) or {}).get("loss_mode", "vanilla"))
+    if loss_mode != "vanilla":
+        problems.append(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: the HPT worker replaces verl's whole "
+            "actor loss (hpt_actor_loss, configured by hpt.loss), so a verl policy loss would be ignored. "
+            "Choose the HPT loss with hpt/loss=<preset> (the upge* loss modes are for plain verl runs).")
+    if actor.get("use_prefix_grouper", False):
+        problems.append(
+            "actor_rollout_ref.actor.use_prefix_grouper=true: verl's prefix grouping balances whole uid groups and "
+            "needs their count to be a multiple of the DP size, but HPT's merge changes the groups every step "
+            "(a demonstration row under its own uid, padding rows with one uid each)")
+    if actor.get("shuffle", False):
+        problems.append(
+            "actor_rollout_ref.actor.shuffle=true: the HPT loss normalises each arm by its token total per "
+            "mini-batch, computed before the update (verl_ext.loss.batch_keys.annotate_arm_token_counts); "
+            "shuffling regroups rows into other mini-batches afterwards. Use shuffle=false.")
     reward_model = (config.get("reward", None) or {}).get("reward_model", None) or {}
     if reward_model.get("enable", False) and not reward_model.get("enable_resource_pool", False):
         problems.append(
@@ -331,9 +375,6 @@ class RayHPTTrainer(RayPPOTrainer):
         if len(batch) % mini:  # hook 1 pads to whole mini-batches; anything else is a bug here
             raise RuntimeError(f"HPT: {len(batch)} rows reached the update, not a multiple of the "
                                f"{mini}-row mini-batch (hook 1 should have padded them)")
-        if self.config.actor_rollout_ref.actor.get("shuffle", False):
-            # Shuffling regroups rows into mini-batches after the per-arm totals were computed.
-            raise ValueError("actor.shuffle=true breaks the per-mini-batch arm totals; HPT needs shuffle=false")
         # verl computed its rollout-vs-actor mismatch metrics over all rows just before; replace
         # them by those of the sampled rows only (see _compute_old_log_prob).
         step_metrics = getattr(self, "_step_metrics", None)
