@@ -130,10 +130,12 @@ class _Fp16Engine(_StubEngine):
 
 
 def _fp16_guarded(threshold, inject=None):
-    from recipe.hpt.hpt_worker import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW, install_step_guard
+    from tests.fault_injection import inject_nonfinite_gradients
+    from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW, install_step_guard
 
     eng = _Fp16Engine()
-    install_step_guard(eng, threshold, inject=inject)
+    install_step_guard(eng, threshold)
+    inject_nonfinite_gradients(eng, inject)
     return eng, SKIP_NONFINITE, SKIP_GRAD_NORM, SKIP_OVERFLOW
 
 

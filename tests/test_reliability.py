@@ -502,10 +502,12 @@ def test_verl_engine_skips_nonfinite_gradients_without_touching_adamw_state():
 
 
 def _guarded(threshold=None, inject=None):
-    from recipe.hpt.hpt_worker import SKIP_GRAD_NORM, SKIP_NONFINITE, install_step_guard
+    from tests.fault_injection import inject_nonfinite_gradients
+    from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, install_step_guard
 
     eng = _StubEngine()
-    install_step_guard(eng, threshold, inject=inject)
+    install_step_guard(eng, threshold)
+    inject_nonfinite_gradients(eng, inject)  # test-only, outside the production guard
     return eng, SKIP_NONFINITE, SKIP_GRAD_NORM
 
 
@@ -560,7 +562,7 @@ def test_guard_grad_norm_threshold_skip_is_reported_separately():
 
 
 def test_fault_spec_parsing():
-    from recipe.hpt.hpt_worker import parse_fault_spec
+    from tests.fault_injection import parse_fault_spec
 
     assert parse_fault_spec(None) is None and parse_fault_spec("") is None
     assert parse_fault_spec("all") == "all" and parse_fault_spec("1, 3") == {1, 3}

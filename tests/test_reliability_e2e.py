@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.e2e_utils import REPO, base_overrides, read_metrics
+from tests.fault_injection import FAULT_INJECTION_ENV
 
 PARITY_REWARD = str(REPO / "tests/assets/parity_reward.py")
 pytestmark = pytest.mark.e2e
@@ -180,7 +181,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_model_dir, ar
         _overrides(tiny_model_dir, arith_data_dir, ckpt, 3)
         + ["hpt.max_consecutive_skips=2", "trainer.save_freq=1",
            "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"],
-        tmp_path / "m.jsonl", env={"HPT_FAULT_NONFINITE_GRAD": "all"})
+        tmp_path / "m.jsonl", env=FAULT_INJECTION_ENV)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-4000:]
     assert "HPTStopError" in out and "2 consecutive optimizer steps were skipped" in out, out[-4000:]

@@ -2,14 +2,15 @@
 
 Imported in every process through ``VERL_USE_EXTERNAL_MODULES=verl_ext.plugins`` (verl's
 ``__init__`` imports the listed modules), because verl's registries are per process: a
-registration made in the driver is invisible to a Ray worker.
+registration made in the driver is invisible to a Ray worker. The two registrations verl has no
+public function for go through :mod:`verl_ext.verl_patches`.
 """
 
-from verl.workers.rollout import base as _rollout_base
 from verl.workers.rollout.replica import RolloutReplicaRegistry
 
 from verl_ext import loss as _loss  # noqa: F401  (registers the upge* policy losses)
-from verl_ext.cpu import platform as _cpu_platform  # noqa: F401  (registers the "cpu" platform)
+from verl_ext import verl_patches
+from verl_ext.cpu import platform as _cpu_platform  # registers the "cpu" platform
 
 
 def _load_hf_replica():
@@ -18,10 +19,11 @@ def _load_hf_replica():
     return HFReplica
 
 
-# verl resolves the worker-side adapter from this plain dict (workers/rollout/base.py) and the
-# server side from RolloutReplicaRegistry; both are keyed by `actor_rollout_ref.rollout.name`.
-_rollout_base._ROLLOUT_REGISTRY[("hf", "async")] = "verl_ext.rollout.hf_adapter.HFServerAdapter"
+verl_patches.check_verl_version()
+# verl resolves the server side of a rollout from RolloutReplicaRegistry and the worker-side
+# adapter from a plain dict (verl_patches 1); both are keyed by `actor_rollout_ref.rollout.name`.
 RolloutReplicaRegistry.register("hf", _load_hf_replica)
+verl_patches.register_rollout_adapter("hf", "verl_ext.rollout.hf_adapter.HFServerAdapter")
 
 if _cpu_platform.cpu_platform_selected():
-    _cpu_platform.patch_gloo_process_group()
+    verl_patches.patch_gloo_process_group()  # verl_patches 2

@@ -57,6 +57,7 @@ from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
 from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT, encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import hpt_step_metrics
 from verl_ext.hpt.validation import max_consecutive_skips
+from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,10 @@ HPT_STATE_FILE = "hpt_state.json"
 SUMMARY_FILE = "hpt_summary.json"
 # Reward extra-info keys of verl_ext.reward (1.0 per answer) summed into hpt/reward/<name>.
 REWARD_COUNT_KEYS = {"timeout": "timeouts", "grader_error": "grader_errors"}
-# Per-optimizer-step flags reported by recipe.hpt.hpt_worker's step guard (verl prefixes actor/).
-SKIP_NONFINITE_KEY = "actor/hpt/skip_nonfinite"
-SKIP_GRAD_NORM_KEY = "actor/hpt/skip_grad_norm"
-SKIP_OVERFLOW_KEY = "actor/hpt/fp16_overflow"
+# Per-optimizer-step flags reported by the worker's step guard (verl prefixes actor/).
+SKIP_NONFINITE_KEY = f"actor/{SKIP_NONFINITE}"
+SKIP_GRAD_NORM_KEY = f"actor/{SKIP_GRAD_NORM}"
+SKIP_OVERFLOW_KEY = f"actor/{SKIP_OVERFLOW}"
 
 
 def question_id(extra_info) -> int | str:

@@ -27,9 +27,8 @@ def _add_module(value: str | None, module: str) -> str:
 
 
 # Set in the launching shell, these must reach the TaskRunner and workers too.
-# HPT_FAULT_NONFINITE_GRAD is test-only fault injection (recipe/hpt/hpt_worker.py).
 FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT", "HPT_HF_ROLLOUT_THREADS", "HF_HOME",
-                 "HPT_REWARD_WORKERS", "HPT_FAULT_NONFINITE_GRAD", "VLLM_CPU_KVCACHE_SPACE",
+                 "HPT_REWARD_WORKERS", "VLLM_CPU_KVCACHE_SPACE",
                  "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
 
 
@@ -72,7 +71,8 @@ def prepare_runtime(config: DictConfig) -> None:
     if env.get("VERL_PLATFORM") == "cpu":
         from verl.plugin.platform.platform_manager import get_platform, set_platform
 
-        from verl_ext.cpu.platform import PlatformCPU, patch_gloo_process_group
+        from verl_ext.cpu.platform import PlatformCPU
+        from verl_ext.verl_patches import patch_gloo_process_group
 
         if get_platform().device_name != "cpu":
             # verl resolved its platform at import time, before the config was known.

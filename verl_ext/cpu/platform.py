@@ -8,7 +8,8 @@ makes verl's own FSDP engine, worker and trainer run unchanged on a CPU-only mac
 
 The platform is never auto-detected: :meth:`PlatformCPU.is_platform_available` answers False, so
 installing this package does not change anything on GPU machines. ``recipe.hpt.main_hpt`` sets
-``VERL_PLATFORM=cpu`` when ``trainer.device=cpu``.
+``VERL_PLATFORM=cpu`` when ``trainer.device=cpu``. verl's process-group set-up also needs a gloo
+backend on CPU; that is a patch, not a registration: ``verl_ext.verl_patches.patch_gloo_process_group``.
 """
 
 from __future__ import annotations
@@ -174,27 +175,6 @@ class PlatformCPU(PlatformBase):
 
     def cudart(self) -> Any:
         return None
-
-
-def patch_gloo_process_group() -> None:
-    """Make verl's process-group initialisation valid on CPU.
-
-    ``verl.utils.distributed.initialize_global_process_group_ray`` builds the backend string
-    ``f"cpu:gloo,{device}:{backend}"``; with device ``cpu`` that is ``"cpu:gloo,cpu:gloo"``,
-    which torch rejects ("Duplicate device type cpu"). Default the backend to plain ``gloo``.
-    The wrapper is installed on the module before verl's workers import the function by name.
-    """
-    import verl.utils.distributed as dist_utils
-
-    original = dist_utils.initialize_global_process_group_ray
-    if getattr(original, "_hpt_cpu_patched", False):
-        return
-
-    def initialize_global_process_group_ray(timeout_second=None, backend=None):
-        return original(timeout_second=timeout_second, backend=backend or "gloo")
-
-    initialize_global_process_group_ray._hpt_cpu_patched = True
-    dist_utils.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
 def cpu_platform_selected() -> bool:
