@@ -27,7 +27,8 @@ setup(
     # vLLM's CPU build (CI's .venv-vllm); on GPU it returns at once. See verl_ext/vllm_cpu.py.
     entry_points={"vllm.general_plugins": ["hpt_verl_cpu_weights = verl_ext.vllm_cpu:register"]},
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-timeout"],
+        # ruff: the linter scripts/run_tests.sh runs before the tests (config: ruff.toml).
+        "test": ["pytest==9.2.0", "pytest-timeout", "ruff==0.17.5"],
         # GPU users: verl 0.9.1's own [vllm] extra pins vllm==0.24.0 with torch==2.11.0.
         # flash-attn is not listed: PyPI has only its source (a long CUDA build); see the README.
         "gpu": ["vllm==0.24.0"],

@@ -49,7 +49,8 @@ def smoke_checks(metrics: list[dict], steps: int, mismatch_max: float) -> list[t
         ("all steps ran", len(rows) == steps, f"{len(rows)}/{steps} steps logged"),
         ("gate fired (SFT on demonstrations)", sum(m.get("hpt/rows/demo", 0) for m in rows) > 0,
          f"demo rows per step {[m.get('hpt/rows/demo') for m in rows]}"),
-        ("RL arm ran (rollouts trained)", bool(rl), f"rollout rows per step {[m.get('hpt/rows/rollout') for m in rows]}"),
+        ("RL arm ran (rollouts trained)", bool(rl),
+         f"rollout rows per step {[m.get('hpt/rows/rollout') for m in rows]}"),
         ("mismatch metric on every step with rollouts",
          bool(rl) and all(m.get("training/rollout_probs_diff_valid") == 1 for m in rl),
          f"valid flags {[m.get('training/rollout_probs_diff_valid') for m in rl]}"),
@@ -57,11 +58,12 @@ def smoke_checks(metrics: list[dict], steps: int, mismatch_max: float) -> list[t
          bool(mism) and all(_finite(x) and x < mismatch_max for x in mism), f"rollout_probs_diff_mean {mism}"),
         ("rollout correction active", bool(rows) and all(any(k.startswith("rollout_corr/") for k in m) for m in rows),
          "rollout_corr/* metrics logged" if rows else "no steps"),
-        ("loss and grad norm finite", bool(rows) and all(_finite(m.get("actor/pg_loss")) and _finite(m.get("actor/grad_norm"))
-                                                         for m in rows),
+        ("loss and grad norm finite",
+         bool(rows) and all(_finite(m.get("actor/pg_loss")) and _finite(m.get("actor/grad_norm")) for m in rows),
          f"grad_norm {[round(m.get('actor/grad_norm', float('nan')), 4) for m in rows]}"),
-        ("no optimizer step skipped", bool(rows) and all(m.get("hpt/skipped_steps", 0) == 0
-                                                         and m.get("hpt/skipped_steps_grad_norm", 0) == 0 for m in rows),
+        ("no optimizer step skipped",
+         bool(rows) and all(m.get("hpt/skipped_steps", 0) == 0 and m.get("hpt/skipped_steps_grad_norm", 0) == 0
+                            for m in rows),
          f"skips {[(m.get('hpt/skipped_steps'), m.get('hpt/skipped_steps_grad_norm')) for m in rows]}"),
         ("weights pushed to the rollout each step", bool(rows) and all("timing_s/update_weights" in m for m in rows),
          f"update_weights s {[round(m.get('timing_s/update_weights', float('nan')), 3) for m in rows]}"),
@@ -86,7 +88,8 @@ def command(args, out: Path) -> list[str]:
            f"trainer.total_training_steps={args.steps}", f"trainer.default_local_dir={out / 'checkpoints'}",
            "trainer.logger=[console,file]"]
     if args.cpu:
-        cmd += ["algorithm.rollout_correction.rollout_is=token", "algorithm.rollout_correction.rollout_is_threshold=2.0"]
+        cmd += ["algorithm.rollout_correction.rollout_is=token",
+                "algorithm.rollout_correction.rollout_is_threshold=2.0"]
     return cmd + list(args.overrides)
 
 

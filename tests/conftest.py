@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def char_tok():
+    """verl_ext.tiny's byte-level tokenizer (no files, no download)."""
+    from verl_ext.tiny import build_char_tokenizer
+
+    return build_char_tokenizer()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ GSM8K_ANSWER = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
 def verl_gsm8k_rows(n=3):
     """As verl's examples/data_preprocess/gsm8k.py writes them (no demonstration field of its own)."""
     return [{"data_source": "openai/gsm8k",
-             "prompt": [{"role": "user", "content": f"Natalia sold clips to {48 + i} friends. " + GSM8K_HASH_INSTRUCTION}],
+             "prompt": [{"role": "user",
+                         "content": f"Natalia sold clips to {48 + i} friends. " + GSM8K_HASH_INSTRUCTION}],
              "ability": "math", "reward_model": {"style": "rule", "ground_truth": "72"},
              "extra_info": {"split": "train", "index": i, "answer": GSM8K_ANSWER, "question": "Natalia ..."}}
             for i in range(n)]

@@ -75,7 +75,8 @@ def test_gsm8k_format_file_to_cpu_hpt_run_and_summary(tmp_path):
     assert rep["kept"] == 12 and rep["demos_rewritten"] == 12 and rep["demos_passing_reward"] == 12
 
     # README: the untrained tiny Qwen2 for a plumbing check (the model +exp=cpu_tiny names)
-    p = _run([sys.executable, "-c", f"from verl_ext.tiny import build_tiny_model; build_tiny_model({str(model)!r})"], 120)
+    build = f"from verl_ext.tiny import build_tiny_model; build_tiny_model({str(model)!r})"
+    p = _run([sys.executable, "-c", build], 120)
     assert p.returncode == 0, p.stdout[-3000:]
 
     # README: train, evaluate and summarise on CPU

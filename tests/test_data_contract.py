@@ -34,13 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 MATH_REWARD = str(REPO / "verl_ext" / "reward" / "verl_entry.py")
 
 
-@pytest.fixture(scope="module")
-def char_tok():
-    from verl_ext.tiny import build_char_tokenizer
-
-    return build_char_tokenizer()
-
-
 def gsm8k_row(i, demo="Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72", gt="72",
               data_source="openai/gsm8k", index=...):
     """A row as verl's examples/data_preprocess/gsm8k.py writes it, plus a demonstration."""

@@ -75,7 +75,8 @@ def test_benchmark_registry_matches_files():
         assert len(load_questions(BENCHMARKS[key])) == size
         assert BENCHMARKS[key].file in sources and BENCHMARKS[key].hf_id in sources
     assert not (DEFAULT_BENCHMARK_DIR / "GPQA.json").exists() and BENCHMARKS["gpqa"].hf_id
-    assert {k: b.default_n for k, b in BENCHMARKS.items() if b.default_n > 1} == {"aime24": 32, "aime25": 32, "amc23": 32}
+    repeated = {k: b.default_n for k, b in BENCHMARKS.items() if b.default_n > 1}
+    assert repeated == {"aime24": 32, "aime25": 32, "amc23": 32}
 
 
 # --- OpenR1 ----------------------------------------------------------------------------------
@@ -104,7 +105,8 @@ def test_prepare_openr1_filter_strips_system_and_carries_target(tmp_path, char_t
     src = _write_parquet(_fake_openr1_rows(), tmp_path / "openr1_fake.parquet")
     out = tmp_path / "train.parquet"
     prep = _load_script("scripts/data/prepare_openr1.py")
-    rep = prep.main(["--source", src, "--out", str(out), "--tokenizer", str(char_tokenizer), "--max-target-tokens", "60"])
+    rep = prep.main(["--source", src, "--out", str(out), "--tokenizer", str(char_tokenizer),
+                     "--max-target-tokens", "60"])
     # lengths 10+1 and 50+1 fit in 60; 100+1 does not
     assert rep["total"] == 3 and rep["written"] == 2 and rep["filtered_long_target"] == 1
     assert rep["max_target_tokens_seen"] == 101

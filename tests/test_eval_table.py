@@ -46,7 +46,8 @@ def e2e_run(tiny_model, tmp_path_factory):
         {"prompt": "Which is smallest?\n\nA) 1\nB) 2\nC) 3\nD) 4", "answer": "A"}]))
     evaluate = _load_script("scripts/eval/evaluate.py")
     summary = evaluate.main(["--model", tiny_model, "--out-dir", str(out), "--benchmarks", "aime24", "GPQA",
-                             "--benchmark-dir", str(bench), "--backend", "hf", "--n", "2", "--limit", "2", "--max-tokens", "16", "--no-progress"])
+                             "--benchmark-dir", str(bench), "--backend", "hf", "--n", "2", "--limit", "2",
+                             "--max-tokens", "16", "--no-progress"])
     return out, summary
 
 
@@ -139,7 +140,8 @@ def test_default_n_follows_paper(monkeypatch, tmp_path):
 
 def _summary(values: dict, n=32):
     return {"model": "m", "backend": "hf", "settings": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 8192},
-            "benchmarks": {k: {"avg": v, "n": n, "num_questions": 30, "timeouts": 0, "pass@k": {"1": v, "2": min(1, 2 * v)}}
+            "benchmarks": {k: {"avg": v, "n": n, "num_questions": 30, "timeouts": 0,
+                               "pass@k": {"1": v, "2": min(1, 2 * v)}}
                            for k, v in values.items()}}
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -22,7 +21,7 @@ from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from tests.test_gate import make_rollout_batch
-from tests.test_reliability import _bare_trainer, _data, _mse, _snapshot, _StubEngine, char_tok  # noqa: F401 (fixture)
+from tests.test_reliability import _bare_trainer, _data, _mse, _snapshot, _StubEngine
 from verl_ext.hpt.gate import GateConfig
 from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT
 

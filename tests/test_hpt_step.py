@@ -22,7 +22,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from tests.test_gate import make_rollout_batch
 from tests.test_gpu_path import _trainer
-from tests.test_reliability import _account, _bare_trainer, char_tok  # noqa: F401 (fixture)
+from tests.test_reliability import _account, _bare_trainer
 from recipe.hpt.hpt_ray_trainer import HPTStopError, unsupported_settings
 
 

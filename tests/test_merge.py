@@ -225,7 +225,8 @@ def test_demo_arms_both_give_two_demo_rows_per_gated_question():
                 assert torch.equal(merged.batch[key][sft_row], merged.batch[key][off_row]), key
         assert merged.batch["responses"][sft_row][: len(demo_ids[q])].tolist() == demo_ids[q]
         assert merged.non_tensor_batch["acc"][sft_row] == merged.non_tensor_batch["acc"][off_row] == 0.5 + q
-        assert merged.non_tensor_batch["extra_info"][off_row] == batch.non_tensor_batch["extra_info"][stats.first_row[q]]
+        first = stats.first_row[q]
+        assert merged.non_tensor_batch["extra_info"][off_row] == batch.non_tensor_batch["extra_info"][first]
     # GRPO (no std): the demo_off row is in its question's group (4 failed rollouts + demo: mean 0.2),
     # the SFT row is a group of its own (verl: mean 0 for a single row, so Â = its score)
     adv, _ = compute_grpo_outcome_advantage(merged.batch["rm_scores"], merged.batch["response_mask"],

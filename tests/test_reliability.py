@@ -141,13 +141,6 @@ def test_config_error_stops_the_launch_before_ray():
 
 
 # -------------------------------------------------------------------------------- data checks
-@pytest.fixture(scope="module")
-def char_tok():
-    from verl_ext.tiny import build_char_tokenizer
-
-    return build_char_tokenizer()
-
-
 def _row(i, prompt="Compute 1+2.", gt="3", demo="1+2=3. \\boxed{3}", extra=None):
     info = {"index": i, "split": "train"}
     if demo is not ...:

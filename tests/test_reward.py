@@ -130,7 +130,8 @@ def test_compute_score_math_pairs(pred, gt, expected):
     assert r["acc"] == expected
     assert r["pred"] == pred
     assert r["timeout"] == 0.0
-    assert set(r) == {"score", "acc", "pred", "timeout", "grader_error"}  # same keys for every answer (verl stacks them)
+    # the same keys for every answer (verl stacks them)
+    assert set(r) == {"score", "acc", "pred", "timeout", "grader_error"}
 
 
 def test_no_box_scores_zero():

@@ -661,7 +661,8 @@ def test_mini_batch_ids_follow_verls_dispatch_and_iterator():
     td = TensorDict({"row": torch.arange(n)}, batch_size=[n])
     expected = torch.empty(n, dtype=torch.long)
     for rank_td in tu.chunk_tensordict(td, dp):  # verl's DP dispatch: contiguous chunks
-        it = tu.make_iterator(rank_td, mini_batch_size=mini // dp, epochs=1, seed=1, dataloader_kwargs={"shuffle": False})
+        it = tu.make_iterator(rank_td, mini_batch_size=mini // dp, epochs=1, seed=1,
+                              dataloader_kwargs={"shuffle": False})
         for k, mb in enumerate(it):
             expected[mb["row"]] = k
     assert torch.equal(mini_batch_ids(n, mini, dp), expected)
@@ -822,7 +823,8 @@ def _arm(**fields):
         ({"rollout": _arm(agg="const-len", const_len=0)}, r"hpt\.loss\.rollout\.const_len=0"),
         ({"rollout": _arm(clip_low=1.5)}, r"hpt\.loss\.rollout\.clip_low=1\.5"),
         ({"rollout": _arm(coef="x")}, r"hpt\.loss\.rollout\.coef='x' must be a finite number"),
-        ({"rollout": None, "demo": None}, r"at least one of hpt\.loss\.rollout / hpt\.loss\.demo / hpt\.loss\.demo_off"),
+        ({"rollout": None, "demo": None},
+         r"at least one of hpt\.loss\.rollout / hpt\.loss\.demo / hpt\.loss\.demo_off"),
         ({"rollout": _arm(), "extra": 1}, r"hpt\.loss\.extra is not a known key"),
         ({"rollout": _arm(), "average_over_dp_ranks": "yes"}, r"hpt\.loss\.average_over_dp_ranks='yes'"),
         ({"rollout": [1, 2]}, r"hpt\.loss\.rollout must be a mapping"),

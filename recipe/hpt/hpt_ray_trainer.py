@@ -28,7 +28,8 @@ Reliability (issue 8): a gated question without a usable demonstration falls bac
 into ``hpt/reward/*``; optimizer steps skipped by the worker's step guard (non-finite loss or
 gradient) are counted (``hpt/skipped_steps``) and ``hpt.max_consecutive_skips`` of them in a row
 stop the run with an error from ``_start_profiling``, the first call of the next training step
-(the failing step's metrics, and its validation on a ``test_freq`` step, are logged first); the data-validation counts are logged at the first step; ``hpt_summary.json`` (in
+(the failing step's metrics, and its validation on a ``test_freq`` step, are logged first); the
+data-validation counts are logged at the first step; ``hpt_summary.json`` (in
 ``trainer.default_local_dir``) summarises the run when ``fit`` ends, normally or not.
 
 Requires ``trainer.balance_batch=true`` (verl's default): that flag is what makes ``fit`` call
@@ -43,7 +44,6 @@ import json
 import time
 import logging
 import os
-from collections import Counter
 from typing import Any, Optional
 
 import numpy as np
@@ -54,7 +54,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
-from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT, encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
+from verl_ext.hpt.merge import IS_DEMO, encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import hpt_step_metrics
 from verl_ext.hpt.validation import max_consecutive_skips
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW

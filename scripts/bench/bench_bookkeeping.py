@@ -57,7 +57,6 @@ def bookkeeping(batch, tokenizer, resp_len: int, dp: int = 8) -> dict[str, float
     from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
     from verl_ext.hpt.merge import encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
 
-    t = {}
     t0 = time.perf_counter()
     cfg = GateConfig()
     scores = batch.batch["rm_scores"].sum(-1).numpy()

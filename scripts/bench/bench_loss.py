@@ -10,9 +10,9 @@ Three comparisons on the same batch, each the same math on both sides:
 
 The inputs are what the loss sees: log-prob tensors requiring grad, or, with ``--with-logits V``,
 logits (B, T, V) followed by a log-softmax and a gather. Time: median (and minimum) over ``--repeats``
-runs of forward+backward, the two sides alternating run by run. Peak memory: the largest total of live tensor storages allocated during one
-forward+backward (inputs excluded), tracked through a TorchDispatchMode, so the figure is exact
-and independent of the allocator.
+runs of forward+backward, the two sides alternating run by run. Peak memory: the largest total of
+live tensor storages allocated during one forward+backward (inputs excluded), tracked through a
+TorchDispatchMode, so the figure is exact and independent of the allocator.
 
     .venv/bin/python scripts/bench/bench_loss.py                      # 64 x 2048, float32, 1 thread
     .venv/bin/python scripts/bench/bench_loss.py --with-logits 512

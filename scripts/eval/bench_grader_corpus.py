@@ -55,7 +55,8 @@ def run(mode: str = "default") -> list[dict]:
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     out = []
     for r in load_corpus():
-        ours = compute_score("math", r["response"], r["ground_truth"], **({"grader": mode} if mode != "default" else {}))
+        kwargs = {"grader": mode} if mode != "default" else {}
+        ours = compute_score("math", r["response"], r["ground_truth"], **kwargs)
         alone = math_verify_alone(r["response"], r["ground_truth"])
         out.append(dict(r, ours=ours["score"] == 1.0, alone=alone == 1.0, ours_result=ours))
     return out
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
         print(f"{'all':<14}{n:>6}{ours:>10}{alone:>10}{ours - alone:>+6d}")
     errors = sum(r["ours_result"]["grader_error"] for r in results)
     timeouts = sum(r["ours_result"]["timeout"] for r in results)
-    print(f"project grader: {int(timeouts)} timeouts, {int(errors)} answers with a layer exception (counted, fell through)")
+    print(f"project grader: {int(timeouts)} timeouts, {int(errors)} answers with a layer exception "
+          "(counted, fell through)")
     if below:
         print("kinds (>= 3 pairs) where the project is below math-verify alone:", ", ".join(below))
     if args.show_wrong:

@@ -119,7 +119,8 @@ class VLLMGenerator:
 
         params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                 skip_special_tokens=True)
-        token_prompts = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        token_prompts = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]}
+                         for p in prompts]
         outs = self.llm.generate(token_prompts, params, use_tqdm=True)
         if progress is not None:
             progress.update(len(prompts))

@@ -75,7 +75,8 @@ def run_evaluation(cfg: EvalConfig) -> dict:
             t0 = time.monotonic()
             n = cfg.n.get(bench.key, bench.default_n)
             questions = load_questions(bench, cfg.benchmark_dir, cfg.limit)
-            prompts = render_prompts(gen.tokenizer, [build_messages(q["question"], cfg.prompt_style) for q in questions])
+            messages = [build_messages(q["question"], cfg.prompt_style) for q in questions]
+            prompts = render_prompts(gen.tokenizer, messages)
             scfg = SamplingConfig(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                   seed=cfg.seed)
             bar = None

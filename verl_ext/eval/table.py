@@ -106,7 +106,8 @@ def run_footnotes(runs: list[Run]) -> list[str]:
             t = f", {agg['timeouts']} grading timeouts" if agg.get("timeouts") else ""
             parts.append(f"{key}: avg@{agg['n']} over {agg['num_questions']} questions{t}")
         s = run.summary.get("settings", {})
-        cfg = f"T={s.get('temperature')}, top-p={s.get('top_p')}, max_tokens={s.get('max_tokens')}, backend={run.summary.get('backend')}"
+        cfg = (f"T={s.get('temperature')}, top-p={s.get('top_p')}, max_tokens={s.get('max_tokens')}, "
+               f"backend={run.summary.get('backend')}")
         notes.append(f"{run.label}: model `{run.summary.get('model')}`; {cfg}; " + "; ".join(parts))
     return notes
 

@@ -38,10 +38,10 @@ true (verl would drop it anyway), and an over-long demonstration follows ``hpt.d
 merge), ``skip`` or ``error``; and a missing demonstration follows ``hpt.data.on_missing_demo``:
 ``error``, ``skip``, or ``rl`` (kept and counted as ``hpt/data/demos_missing_rl``; when the gate
 routes such a question to SFT the trainer trains it with RL on its rollouts instead, counted per step
-as ``hpt/demo_missing``); null (default) follows ``on_bad_row``. Demonstration checks only run when the gate can route a question to
-SFT (:func:`gate_can_choose_sft`: every strategy but ``never``, ``fixed`` with β = 0, a soft table
-without β > 0). A file where *no* row has the demonstration field is a configuration error in any
-mode.
+as ``hpt/demo_missing``); null (default) follows ``on_bad_row``. Demonstration checks only run when
+the gate can route a question to SFT (:func:`gate_can_choose_sft`: every strategy but ``never``,
+``fixed`` with β = 0, a soft table without β > 0). A file where *no* row has the demonstration field
+is a configuration error in any mode.
 
 Reward checks (when the caller passes the run's reward, as ``main_hpt`` does; see
 :mod:`verl_ext.hpt.demo_scoring`): one row of every ``data_source`` of every file is scored with

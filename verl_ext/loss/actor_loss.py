@@ -48,8 +48,8 @@ P = ``hpt/rl`` (rollout), ``hpt/sft`` (demo) or ``hpt/off`` (demo_off; only when
 ``P/clipfrac_lower``, ``P/ppo_kl``, ``P/ratio_mean`` (token-weighted, exact over the mini-batch),
 ``P/ratio_min``/``P/ratio_max`` (``MIN``/``MAX``; ±inf in a micro-batch without that arm, so they
 never distort the step's extremes), ``P/nll_term`` (the arm's entropy-weighted NLL term, only for an
-arm with ``nll_coef != 0``), ``P/adv_mean`` (token mean of Â, only for ``adv: outcome``), ``hpt/sft/nll``, ``hpt/demo_token_share`` (tokens of both demo
-arms / all live tokens); plus verl's
+arm with ``nll_coef != 0``), ``P/adv_mean`` (token mean of Â, only for ``adv: outcome``),
+``hpt/sft/nll``, ``hpt/demo_token_share`` (tokens of both demo arms / all live tokens); plus verl's
 ``actor/pg_loss``, ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (rollout
 arm), ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``. Every key is emitted on every micro-batch,
 because verl aggregates per-key lists across DP ranks and requires equal lengths.
@@ -306,7 +306,8 @@ def _arm_totals(td, upge: UPGELossConfig, have_totals: bool, batch_num_tokens, g
                 raise ValueError(
                     f"hpt.loss.{name}.agg={upge.arm(name).agg!r} normalises by per-arm totals over the global "
                     f"mini-batch, but the batch lacks {list(ALL_TOTAL_KEYS)}: call "
-                    "verl_ext.loss.annotate_arm_token_counts(batch, mini_batch_size=..., dp_size=...) before update_actor"
+                    "verl_ext.loss.annotate_arm_token_counts(batch, mini_batch_size=..., dp_size=...) "
+                    "before update_actor"
                 )
     # A single-arm method: verl's own totals over all rows are this arm's totals.
     verl_totals = _Totals(batch_num_tokens, global_batch_size)

@@ -73,7 +73,8 @@ _DMS_RE = re.compile(
 _CLOCK_RE = re.compile(r"(?P<h>\d{1,2}):(?P<m>[0-5]\d)\s*(?:\\text\{\s*)?(?P<ampm>[ap]\.?m\.?)?\s*\}?", re.I)
 
 # Unit words dropped after a number (whole words, length >= 2, never a constant such as "pi").
-_UNIT_TAIL_RE = re.compile(r"(?<=[\d}%.])\s*(?:\\(?:text|mathrm|mbox|textrm|operatorname)\s*\{[^{}]*\}\s*(?:\^\s*\{?\d\}?)?\s*)+$")
+_UNIT_TAIL_RE = re.compile(
+    r"(?<=[\d}%.])\s*(?:\\(?:text|mathrm|mbox|textrm|operatorname)\s*\{[^{}]*\}\s*(?:\^\s*\{?\d\}?)?\s*)+$")
 _WORD_TAIL_RE = re.compile(r"(?<=[\d}%])\s+(?:[A-Za-z]{2,}(?:/[A-Za-z]+)?(?:\^\{?\d\}?)?\s*)+$")
 _NUMBER_WORDS = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _CONSTANT_WORDS = {"pi", "e", "i", "inf", "infty", "infinity", "and", "or"}

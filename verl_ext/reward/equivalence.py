@@ -228,7 +228,8 @@ def grade(pred: str, gt: str, sympy_timeout: float | None = None, math_verify_ti
     if normalize_string(pred) == normalize_string(gt):
         return Verdict(True, "string")
     timed_out = False
-    for name, fn, limit in (("sympy", sympy_grade, sympy_timeout), ("math_verify", math_verify_grade, math_verify_timeout)):
+    layers = (("sympy", sympy_grade, sympy_timeout), ("math_verify", math_verify_grade, math_verify_timeout))
+    for name, fn, limit in layers:
         try:
             with soft_time_limit(limit):
                 if fn(pred, gt):

@@ -21,7 +21,6 @@ corpus math-verify alone was right at least as often on every kind it decided.
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 from dataclasses import dataclass, field
 

@@ -29,7 +29,8 @@ UNIT_WORDS = (
     "liter", "litre", "gallon", "acre", "hectare", "percent", "point", "way", "student",
     "people", "person", "times", "rs", "rupee",
 )
-_UNIT_RE = re.compile(r"(?<![A-Za-z\\])(?:%s)(?:e?s)?(?![A-Za-z])" % "|".join(sorted(UNIT_WORDS, key=len, reverse=True)))
+_UNIT_RE = re.compile(
+    r"(?<![A-Za-z\\])(?:%s)(?:e?s)?(?![A-Za-z])" % "|".join(sorted(UNIT_WORDS, key=len, reverse=True)))
 _THOUSANDS_RE = re.compile(r"(\d),(\d\d\d)(?=$|\D)")
 _TEXT_ONLY_RE = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{(?P<inner>[^{}]*)\}$")
 
