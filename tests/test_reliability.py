@@ -665,3 +665,27 @@ def test_server_seeds_requests_by_step_prompt_and_row():
     srv._set_step(2)
     srv._set_step(1)
     assert srv.request_seed([9], None) == k0
+
+
+def test_grad_norm_skip_at_the_release_threshold_is_strict_and_exact():
+    """A second pin of the grad-norm skip: the release's 80 (the default hpt.skip_grad_norm_above)
+    skips a step whose pre-clip norm N is above it; the same gradients step when the threshold sits
+    just above N, and the norm the guard compares is verl's own pre-clip norm."""
+    from verl_ext.verl_patches import _total_grad_norm
+
+    assert OmegaConf.load(REPO / "recipe/hpt/config/hpt_trainer.yaml").hpt.skip_grad_norm_above == 80.0
+    probe = _StubEngine()
+    _mse(probe.module, _data(scale=400.0)).backward()
+    n = float(_total_grad_norm(probe))
+    assert n > 80.0
+
+    eng, NF, GN = _guarded(threshold=80.0)
+    before = _snapshot(eng)
+    out = eng.train_batch(_data(scale=400.0), _mse)
+    assert out["metrics"][GN] == [1.0] and out["metrics"][NF] == [0.0]
+    assert float(out["metrics"]["grad_norm"]) == pytest.approx(n, rel=1e-6)
+    _assert_same_state(before, _snapshot(eng))
+
+    eng, NF, GN = _guarded(threshold=n * (1 + 1e-4))  # just above N: verl's own step runs
+    out = eng.train_batch(_data(scale=400.0), _mse)
+    assert out["metrics"][GN] == [0.0] and int(eng.optimizer.state_dict()["state"][0]["step"]) == 1

@@ -305,3 +305,20 @@ def test_loads_through_verl_custom_reward_function():
     assert r["score"] == 1.0 and r["pred"] == "\\dfrac{1}{2}"
     fn_pkg = load_extern_object("pkg://verl_ext.reward.score", "compute_score")
     assert fn_pkg(data_source="x", solution_str=boxed("3"), ground_truth="4")["score"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "response, ground_truth, score",
+    [
+        ("\\boxed{50%}", "50", 1.0),  # a bare %, as models write it, not only LaTeX's \%
+        ("\\boxed{50 %}", "50", 1.0),
+        ("\\boxed{50}", "50%", 1.0),  # and in the ground truth
+        ("\\boxed{50%}", "50%", 1.0),
+        ("\\boxed{12.5%}", "12.5", 1.0),
+        ("\\boxed{0.5}", "50%", 1.0),  # the documented percent reading: 50% is also 0.5
+        ("\\boxed{5%}", "50", 0.0),  # stripping the sign must not make different numbers equal
+        ("\\boxed{50%}", "5", 0.0),
+    ],
+)
+def test_bare_percent_sign(response, ground_truth, score):
+    assert compute_score("math", response, ground_truth)["score"] == score

@@ -867,3 +867,43 @@ def test_kl_penalty_import_is_verls():
     from verl_ext.loss import actor_loss
 
     assert actor_loss.kl_penalty is kl_penalty and actor_loss.agg_loss is agg_loss
+
+
+# ------------------------------------------------------------------ entropy bonus (issue 13 gaps)
+
+
+@pytest.mark.parametrize("name", ["hpt_release", "hpt_release_global"])
+def test_entropy_bonus_covers_demonstration_tokens(name):
+    """The release subtracts c_H · H̄ with H̄ the mean entropy over *every* valid token, demonstration
+    tokens included (its ``entropy_loss`` is masked by the response mask only). Both aggregations
+    (per micro-batch and global) in one micro-batch: loss(c_H) − loss(0) = −c_H · H̄(all live tokens)."""
+    c = 0.05
+    batch = Batch(8, seed=21, demo=[1, 5], pad=[7])
+    upge = preset(name)
+    loss_c, _ = run_loss(batch, upge_loss_fn(upge, entropy_coeff=c), batch.tensordict(), one_micro(batch),
+                         with_entropy=True)
+    loss_0, _ = run_loss(batch, upge_loss_fn(upge, entropy_coeff=0.0), batch.tensordict(), one_micro(batch),
+                         with_entropy=True)
+    h = batch.response_entropy().detach()  # (B, R)
+    live = batch.response_mask.bool() & (batch.row_weight > 0)[:, None]  # (B, R): rollout + demo rows
+    rollout_only = live & (batch.is_demo == 0)[:, None]
+    expected = -c * h[live].mean()
+    torch.testing.assert_close((loss_c - loss_0).detach(), expected, rtol=1e-10, atol=1e-12)
+    assert abs(float(expected + c * h[rollout_only].mean())) > 1e-4  # demo tokens change the value
+    # the bonus's gradient reaches the demonstration rows' logits, not the padding row's
+    g = grad(loss_c - loss_0, batch)
+    assert g[[1, 5]].abs().max() > 0 and g[7].abs().max() == 0
+
+
+def test_entropy_bonus_sign_and_scale_follow_entropy_coeff():
+    """A second pin of the entropy term: linear in c_H with slope −H̄ (maximising entropy), for a
+    rollout-only batch under verl's global token mean."""
+    batch = Batch(6, seed=22)
+    upge = preset("grpo")
+    losses = [run_loss(batch, upge_loss_fn(upge, entropy_coeff=c), batch.tensordict(), one_micro(batch),
+                       with_entropy=True)[0].detach() for c in (0.0, 0.01, 0.03)]
+    h = batch.response_entropy().detach()
+    h_bar = h[batch.response_mask.bool()].mean()
+    torch.testing.assert_close(losses[1] - losses[0], -0.01 * h_bar, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(losses[2] - losses[0], -0.03 * h_bar, rtol=1e-10, atol=1e-12)
+    assert float(h_bar) > 0
