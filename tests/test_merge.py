@@ -407,8 +407,11 @@ def test_pad_noop_cases_and_a_batch_without_hpt_keys():
     assert same is batch and n_pad == 0
     assert pad_with_zero_weight_rows(batch, 1)[1] == 0
     batch.batch["advantages"] = torch.ones(8, RESPONSE_LEN)
+    keys_before = set(batch.batch.keys())
     padded, n_pad = pad_with_zero_weight_rows(batch, 5)
     assert n_pad == 2
+    assert set(batch.batch.keys()) == keys_before and len(batch) == 8  # the input is not mutated
+    assert ROW_WEIGHT not in batch.batch.keys() and IS_DEMO not in batch.batch.keys()
     assert padded.batch[ROW_WEIGHT].tolist() == [1.0] * 8 + [0.0] * 2
     assert padded.batch[IS_DEMO].tolist() == [0.0] * 10
     assert (padded.batch["advantages"][8:] == 0).all() and (padded.batch["advantages"][:8] == 1).all()

@@ -212,10 +212,15 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
 
 
 def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProto, int]:
-    """Append copies of the last row, inert for the loss, until len(batch) % multiple == 0."""
+    """(a new batch: ``batch`` + copies of its last row, inert for the loss, until the length is a
+    multiple of ``multiple``; the number of rows added). ``batch`` itself is left unchanged; with
+    nothing to add it is returned as is (n = 0)."""
     if multiple <= 1 or len(batch) % multiple == 0:
         return batch, 0
     n_pad = multiple - len(batch) % multiple
+    if ROW_WEIGHT not in batch.batch.keys() or IS_DEMO not in batch.batch.keys():
+        # The rows' own HPT keys are added to a copy: the caller's batch keeps its keys.
+        batch = batch.select_idxs(np.arange(len(batch)))
     idx = np.full(n_pad, len(batch) - 1, dtype=np.int64)
     pad = batch.select_idxs(idx)
     pad.batch["response_mask"] = torch.zeros_like(pad.batch["response_mask"])
