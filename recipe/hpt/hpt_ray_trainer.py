@@ -54,7 +54,13 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
-from verl_ext.hpt.merge import IS_DEMO, encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
+from verl_ext.hpt.merge import (
+    IS_DEMO,
+    encode_demonstrations,
+    merge_demonstrations,
+    pad_with_zero_weight_rows,
+    prompt_token_ids,
+)
 from verl_ext.hpt.metrics import hpt_step_metrics
 from verl_ext.hpt.validation import max_consecutive_skips
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
@@ -236,11 +242,15 @@ class RayHPTTrainer(RayPPOTrainer):
         demo_scores = [0.0] * len(stats.uids)
         demo_extra: dict[str, list] = {}
         truncated = 0
+        overlaps: list[int] = []
         if len(gated):
             extra_infos = batch.non_tensor_batch["extra_info"]
             targets = [extra_infos[int(stats.first_row[q])][self.demo_field] for q in gated]
+            # Each demonstration follows its question's templated prompt: a start that the prompt
+            # already ends with (a template's "<think>\n" and an R1 demonstration's) is held once.
             ids, truncated = encode_demonstrations(
-                self.tokenizer, targets, int(self.config.actor_rollout_ref.rollout.response_length))
+                self.tokenizer, targets, int(self.config.actor_rollout_ref.rollout.response_length),
+                prompt_ids=prompt_token_ids(batch, stats.first_row[gated]), overlaps=overlaps)
             for q, i in zip(gated, ids):
                 demo_ids[q] = i
             scored = self._demo_scorer.score(batch, stats.first_row[gated], targets)
@@ -275,6 +285,7 @@ class RayHPTTrainer(RayPPOTrainer):
         }
         metrics.update(hpt_step_metrics(batch, stats, alpha, beta, self.hpt_state, truncated))
         metrics["hpt/demo_missing"] = len(missing)
+        metrics["hpt/demo_prefix_overlap"] = sum(1 for n in overlaps if n)  # demonstrations whose start was dropped
         metrics["hpt/cumulative/demo_missing"] = self.hpt_state["demo_missing"]
 
     def _demo_fallback(self, batch: DataProto, stats, alpha: np.ndarray, beta: np.ndarray,

@@ -95,7 +95,8 @@ class DemonstrationRolloutManager:
             if len(ids) > p_len:
                 raise ValueError(f"row {i}: prompt of {len(ids)} tokens exceeds prompt_length {p_len}")
             prompt_ids.append(list(ids))
-        demo_ids, _ = encode_demonstrations(self.tokenizer, targets, r_len)
+        # As the merge encodes them (a start the generation prompt already ends with is held once).
+        demo_ids, _ = encode_demonstrations(self.tokenizer, targets, r_len, prompt_ids=prompt_ids)
         b = len(prompts)
         prompts_t = torch.full((b, p_len), pad, dtype=torch.long)
         responses = torch.full((b, r_len), pad, dtype=torch.long)
