@@ -21,37 +21,12 @@ the main thread of that worker process.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
 import zlib
 from dataclasses import dataclass
 
+from verl_ext.reward.judge import StageTimeout, soft_time_limit
 from verl_ext.reward.normalize import normalize_for_sympy, normalize_string, strip_thousands_separators
-
-
-class StageTimeout(BaseException):
-    """Raised by the SIGALRM soft limit. A BaseException so that the ``except Exception`` blocks
-    inside sympy and math-verify cannot swallow it."""
-
-
-@contextlib.contextmanager
-def soft_time_limit(seconds: float | None):
-    """Raise :class:`StageTimeout` after ``seconds`` (main thread only; no-op for None/<=0)."""
-    if not seconds or seconds <= 0:
-        yield
-        return
-
-    def _raise(signum, frame):
-        raise StageTimeout()
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @dataclass
