@@ -382,3 +382,15 @@ def test_rows_validation_accepts_never_crash_gate_and_merge(tmp_path, char_tok, 
         ids_logged = t.hpt_state["batch_indices"]["7"]
         expected = [r["extra_info"].get("index", -1) for r in picked]
         assert [str(x) for x in ids_logged] == [str(e) for e in expected]
+
+
+def test_demo_field_has_one_default():
+    """hpt.demo_field's default lives in verl_ext.data.contract; the trainer YAML states the same."""
+    from omegaconf import OmegaConf
+
+    from verl_ext.data.contract import DEFAULT_DEMO_FIELD, demo_field_of
+
+    yaml = OmegaConf.load(REPO / "recipe/hpt/config/hpt_trainer.yaml")
+    assert yaml.hpt.demo_field == DEFAULT_DEMO_FIELD
+    assert demo_field_of(OmegaConf.create({})) == DEFAULT_DEMO_FIELD
+    assert demo_field_of(OmegaConf.create({"hpt": {"demo_field": "solution"}})) == "solution"

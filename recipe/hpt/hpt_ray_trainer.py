@@ -52,6 +52,7 @@ from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
+from verl_ext.data.contract import demo_field_of
 from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
 from verl_ext.hpt.merge import (
@@ -176,7 +177,7 @@ class RayHPTTrainer(RayPPOTrainer):
         hpt = self.config.get("hpt", None) or {}
         self.gate_config = GateConfig.from_mapping(
             OmegaConf.to_container(hpt.get("gate", {}), resolve=True) if hpt else {})
-        self.demo_field = str(hpt.get("demo_field", "target")) if hpt else "target"
+        self.demo_field = demo_field_of(self.config)
         problems = unsupported_settings(self.config)
         if problems:
             raise ValueError("HPT cannot run this configuration:\n- " + "\n- ".join(problems))

@@ -78,11 +78,22 @@ CONTRACT: tuple[ContractField, ...] = (
 )
 
 
-def field_path(f: ContractField, demo_field: str = "target", prompt_key: str = "prompt") -> str:
+# The extra_info key that holds the demonstration: the one home of hpt.demo_field's default (the
+# trainer YAML states the same value; tests/test_data_contract.py checks they agree).
+DEFAULT_DEMO_FIELD = "target"
+
+
+def demo_field_of(config) -> str:
+    """``hpt.demo_field`` of a run config (its default when the ``hpt`` node or the key is absent)."""
+    hpt = config.get("hpt", None) if config is not None else None
+    return str((hpt or {}).get("demo_field", DEFAULT_DEMO_FIELD))
+
+
+def field_path(f: ContractField, demo_field: str = DEFAULT_DEMO_FIELD, prompt_key: str = "prompt") -> str:
     return f.path.replace("{demo}", demo_field).replace("{prompt}", prompt_key)
 
 
-def contract_markdown(demo_field: str = "target", prompt_key: str = "prompt") -> str:
+def contract_markdown(demo_field: str = DEFAULT_DEMO_FIELD, prompt_key: str = "prompt") -> str:
     """The contract as a markdown table (the README's "Your own data" section holds this table)."""
     lines = ["| field | type | required | read by | what for |", "|---|---|---|---|---|"]
     for f in CONTRACT:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from verl import DataProto
 
+from verl_ext.data.contract import DEFAULT_DEMO_FIELD
 from verl_ext.hpt.merge import encode_demonstrations, position_ids_from_mask
 
 
@@ -61,7 +62,7 @@ class DeferredWeightSync:
 
 
 class DemonstrationRolloutManager:
-    def __init__(self, inner, tokenizer, config, demo_field: str = "target",
+    def __init__(self, inner, tokenizer, config, demo_field: str = DEFAULT_DEMO_FIELD,
                  before_rollout: Optional[Callable[[], None]] = None):
         self.inner = inner
         self.tokenizer = tokenizer

@@ -75,12 +75,14 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from verl_ext.data.contract import (  # noqa: F401  (check_* re-exported: the per-field checks)
+    DEFAULT_DEMO_FIELD,
     check_data_source,
     check_demo,
     check_extra_info,
     check_ground_truth,
     check_index,
     check_prompt,
+    demo_field_of,
 )
 from verl_ext.hpt.gate import GateConfig
 
@@ -222,7 +224,7 @@ def validate_hpt_config(config) -> GateConfig:
             f"hpt.gate.soft_table has {len(gate.soft_table)} rows but actor_rollout_ref.rollout.n={n} needs "
             f"n+1 = {n + 1} (one [alpha, beta] row per number of correct rollouts 0..n)")
 
-    demo_field = hpt.get("demo_field", "target")
+    demo_field = hpt.get("demo_field", DEFAULT_DEMO_FIELD)
     if not isinstance(demo_field, str) or not demo_field:
         raise HPTConfigError(f"hpt.demo_field={demo_field!r} must be a non-empty string")
 
@@ -361,7 +363,7 @@ class RowChecks:
     prompt_key: str = "prompt"
     max_prompt_length: Optional[int] = None
     check_demo: bool = False
-    demo_field: str = "target"
+    demo_field: str = DEFAULT_DEMO_FIELD
     max_demo_tokens: Optional[int] = None  # demonstration + EOS
     prompt_too_long_skips: bool = False  # data.filter_overlong_prompts
     on_bad_row: str = "error"
@@ -653,7 +655,7 @@ def validate_data(config, tokenizer, reward=None) -> DataReport:
     )
     train_checks = RowChecks(
         check_demo=gate_can_choose_sft(gate),
-        demo_field=str(hpt.get("demo_field", "target")),
+        demo_field=demo_field_of(config),
         max_demo_tokens=int(config.actor_rollout_ref.rollout.response_length),
         demo_check_rows=opts.demo_check_rows,
         demo_check_min_rate=float(opts.demo_check_min_rate),
