@@ -107,10 +107,11 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     validated ``hpt.loss`` node. Arms with ``adv: outcome`` read the rows' scores from
     ``token_level_scores`` (or ``rm_scores``); parts weighted by H̄_i read ``model_output["entropy"]``.
     """
-    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    # B = rows of this micro-batch, T = response width (verl pads the packed outputs back to it)
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)  # (B, T) log π_θ(y_t | ·)
     entropy = model_output.get("entropy", None)
     if entropy is not None:
-        entropy = no_padding_2_padding(entropy, data)
+        entropy = no_padding_2_padding(entropy, data)  # (B, T) H_t
 
     dp_size = tu.get_non_tensor_data(data=data, key="dp_size", default=1)
     batch_num_tokens = tu.get_non_tensor_data(data=data, key="batch_num_tokens", default=None)
@@ -137,17 +138,17 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
         fields += list(ALL_TOTAL_KEYS)
     td = data.select(*fields).to_padded_tensor()
 
-    response_mask = td["response_mask"].to(torch.bool)
+    response_mask = td["response_mask"].to(torch.bool)  # (B, T)
     num_rows = response_mask.shape[0]
-    old_log_prob, advantages = td["old_log_probs"], td["advantages"]
+    old_log_prob, advantages = td["old_log_probs"], td["advantages"]  # (B, T), (B, T)
     arm_code = (
         row_arm_codes(td[HPT_IS_DEMO].reshape(num_rows))
         if HPT_IS_DEMO in td.keys()
         else torch.zeros(num_rows, dtype=torch.int64, device=response_mask.device)
-    )
+    )  # (B,) 0 rollout, 1 SFT demonstration, 2 off-policy demonstration
     row_weight = td[HPT_ROW_WEIGHT].reshape(num_rows).to(log_prob.dtype) if HPT_ROW_WEIGHT in td.keys() else None
     live = row_weight > 0 if row_weight is not None else torch.ones(num_rows, dtype=torch.bool, device=arm_code.device)
-    valid = response_mask & live.unsqueeze(-1)
+    valid = response_mask & live.unsqueeze(-1)  # (B, T): tokens of non-padding rows
 
     totals = _arm_totals(td, upge, have_totals, batch_num_tokens, global_batch_size)
     use_sum = have_totals or verl_global
@@ -174,8 +175,8 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
             metrics.update(_extra_arm_metrics(name, arm, None, scale, metric_agg, None, totals[name], dp_size))
             continue
         # The arm works on its own rows only: no work, and no NaN risk, on the other arm's rows.
-        pick = _row_picker(rows, n_rows, num_rows)
-        mask = pick(response_mask)
+        pick = _row_picker(rows, n_rows, num_rows)  # (B, ...) -> (b, ...), b = n_rows
+        mask = pick(response_mask)  # (b, T)
         local_tokens[name] = mask.sum()
         arm_log_prob = pick(log_prob)
         weight = None if row_weight is None else pick(row_weight).unsqueeze(-1)
