@@ -186,22 +186,28 @@ def train_stage(steps: int, work: Path, overrides: list[str], exp: str, log_pref
     return final, read_metrics(metrics)
 
 
-def dynamics(rows: list[dict], offset: int = 0, n: int = 1) -> dict:
+def dynamics(rows: list[dict], offset: int = 0, n: int = 1, max_len: int = 48) -> dict:
     """Per-step dynamics and token/time totals of one stage's metrics."""
     dyn = {k: [] for k in DYN_KEYS}
-    steps, gen_tokens, trained_tokens, gen_s, opt_steps = [], 0.0, 0.0, 0.0, 0
+    steps, gen_tokens, trained_tokens, gen_s = [], 0.0, 0.0, 0.0
+    known = [r["hpt/response_length/rl"] for r in rows if r.get("hpt/rows/rollout", 0) and "hpt/response_length/rl" in r]
     for r in rows:
         steps.append(r["step"] + offset)
+        # the SFT baseline's rollout manager returns the demonstrations without generating
+        generated = not any("demo_rollout_s" in k for k in r) and float(r.get("timing_s/gen", 0.0) or 0.0) > 0
         for k, key in DYN_KEYS.items():
-            dyn[k].append(float(r[key]) if r.get(key) is not None else None)
+            ok = r.get(key) is not None and (generated or k not in ("pass_rate", "response_length"))
+            dyn[k].append(float(r[key]) if ok else None)
         rl_rows, demo_rows = r.get("hpt/rows/rollout", 0), r.get("hpt/rows/demo", 0)
         rl_len, demo_len = r.get("hpt/response_length/rl", 0.0), r.get("hpt/response_length/demo", 0.0)
         trained_tokens += rl_rows * rl_len + demo_rows * demo_len
-        share = r.get("hpt/sft_question_share", 0.0)
-        questions = r.get("hpt/questions", 0)
-        if share < 1.0 or "hpt/pass_rate/mean" in r:
-            # generated = every question's n rollouts (gated ones included), at the RL rows' mean length
-            gen_tokens += questions * n * rl_len if rl_rows else 0.0
+        if generated:
+            # generated = every question's n rollouts (gated ones included) at the RL rows' mean length
+            # of this step; a step whose questions were all gated (no RL row kept) uses the run's mean
+            # RL length, or the response cap if no step kept one (an estimate: the trainer logs no
+            # generated-token count)
+            est_len = rl_len if rl_rows else (sum(known) / len(known) if known else float(max_len))
+            gen_tokens += r.get("hpt/questions", 0) * n * est_len
         gen_s += float(r.get("timing_s/gen", 0.0) or 0.0)
     return {"step": steps, **dyn, "generated_tokens_est": gen_tokens, "trained_tokens": trained_tokens,
             "generation_s": gen_s}
@@ -390,16 +396,16 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
         s["trained_tokens"] = float(np.mean([r["trained_tokens"] for r in runs]))
         s["wall_s"] = float(np.mean([r["wall_s"] for r in runs]))
         stats[name] = s
+    bests = {}
     for block in ("test", "ood"):
-        best = max(stats, key=lambda n: stats[n][block]["mean"])
+        best = bests[block] = max(stats, key=lambda n: stats[n][block]["mean"])
         for name in stats:
             if name == best:
                 stats[name][block]["vs_best"] = "best"
                 continue
             cmp = paired_bootstrap(_matrix(final[name], block), _matrix(final[best], block))
             stats[name][block]["vs_best"] = cmp
-        stats["_best_" + block] = best
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    (out / "stats.json").write_text(json.dumps({"best": bests, "methods": stats}, indent=2))
 
     def pct(x):
         return f"{100 * x:.1f}"
@@ -498,7 +504,7 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
         lv = np.array(r["passk"]["levels"])
         counts = np.array(r["passk"]["counts"])
         bl = ["## Base model: pass@k per level (temperature 1)", "",
-              "| level | problems | greedy (full test) | " + " | ".join(f"pass@{k}" for k in ks) + " |",
+              "| level | problems | greedy (test) | " + " | ".join(f"pass@{k}" for k in ks) + " |",
               "|---|---|---|" + "---|" * len(ks)]
         for level in sorted(set(lv)):
             c = pass_at_k_curve(counts[lv == level], n_samples, ks)

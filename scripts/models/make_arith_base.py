@@ -35,6 +35,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=SETTINGS["steps"])
     ap.add_argument("--warmup-levels", default=None,
                     help=f"comma-separated levels of the warm-up data (default {SETTINGS['warmup_levels']})")
+    ap.add_argument("--hidden-size", type=int, default=None, help=f"default {SETTINGS['hidden_size']} (2 heads per 128)")
+    ap.add_argument("--num-layers", type=int, default=None, help=f"default {SETTINGS['num_layers']}")
     ap.add_argument("--exclude", default="", help="comma-separated parquet files whose problems the warm-up skips")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
@@ -47,6 +49,11 @@ def main(argv=None):
     from verl_ext.tiny import build_tiny_model
 
     settings = dict(SETTINGS, steps=args.steps)
+    if args.hidden_size:
+        settings.update(hidden_size=args.hidden_size, num_heads=max(1, args.hidden_size // 64),
+                        intermediate_size=2 * args.hidden_size)
+    if args.num_layers:
+        settings["num_layers"] = args.num_layers
     if args.warmup_levels:
         settings["warmup_levels"] = [int(x) for x in args.warmup_levels.split(",")]
     out = Path(args.out)
