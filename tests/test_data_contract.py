@@ -344,7 +344,8 @@ def test_rows_validation_accepts_never_crash_gate_and_merge(tmp_path, char_tok, 
     RL, list ground truths, any data_source): validation accepts them; gate + merge (the library
     functions, and the trainer's _gate_and_merge) never crash on batches built from them."""
     from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
-    from verl_ext.hpt.merge import encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
+    from verl_ext.hpt.demonstrations import encode_demonstrations
+    from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 
     from tests.test_gate import PAD_ID, sequence_scores
     from tests.test_reliability import _bare_trainer

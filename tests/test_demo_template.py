@@ -20,7 +20,8 @@ from verl import DataProto
 from tests.test_reliability import _bare_trainer
 from verl_ext.hpt.demo_rollout import DemonstrationRolloutManager
 from verl_ext.hpt.gate import GateConfig
-from verl_ext.hpt.merge import IS_DEMO, encode_demonstrations, generation_prompt_overlap, prompt_token_ids
+from verl_ext.hpt.demonstrations import encode_demonstrations, generation_prompt_overlap, prompt_token_ids
+from verl_ext.hpt.merge import IS_DEMO
 from verl_ext.tiny import CHATML_TEMPLATE, build_char_tokenizer
 
 TAG = "<think>\n"
@@ -166,3 +167,19 @@ def test_prompt_token_ids_drop_the_left_padding(think_tok):
         want = think_tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i]}], add_generation_prompt=True,
                                              tokenize=True)
         assert ids == list(want["input_ids"] if hasattr(want, "keys") else want)
+
+
+# --------------------------------------------------------------------------- one usable-check
+@pytest.mark.parametrize("value,reason", [
+    ("x", None), ("  <think>\nok", None), (None, "demo_missing"), ("", "demo_missing"), (" \n\t", "demo_missing"),
+    (["a"], "demo_not_string"), (3, "demo_not_string")])
+def test_one_usable_check_for_validation_trainer_and_stand_in(value, reason):
+    """Start-up validation (contract.check_demo), the trainer's fallback (usable_demonstrations)
+    and the SFT-only stand-in all judge a demonstration by demonstrations.demonstration_problem."""
+    from verl_ext.data.contract import check_demo
+    from verl_ext.hpt.demonstrations import demonstration_problem, usable_demonstrations
+
+    problem = demonstration_problem(value)
+    assert (problem[0] if problem else None) == reason
+    assert check_demo({"extra_info": {"target": value}}, "target") == problem
+    assert usable_demonstrations([{"target": value}], [0], "target") == [value if reason is None else None]

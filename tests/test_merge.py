@@ -34,11 +34,10 @@ from verl_ext.hpt.merge import (
     IS_DEMO,
     PAD_UID_PREFIX,
     ROW_WEIGHT,
-    build_demo_rows,
-    encode_demonstrations,
     merge_demonstrations,
     pad_with_zero_weight_rows,
 )
+from verl_ext.hpt.demonstrations import build_demo_rows, encode_demonstrations
 from verl_ext.loss import annotate_arm_token_counts, hpt_actor_loss, load_upge_config
 
 from tests.helpers import PRESET_DIR, PRESETS  # noqa: E402

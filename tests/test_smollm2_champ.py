@@ -131,7 +131,7 @@ def test_champ_demonstration_rows(tokenizer, champ_items, champ_prep, smollm2_di
     from transformers import AutoModelForCausalLM
     from verl import DataProto
 
-    from verl_ext.hpt.merge import build_demo_rows, encode_demonstrations, position_ids_from_mask
+    from verl_ext.hpt.demonstrations import build_demo_rows, encode_demonstrations, position_ids_from_mask
     from verl_ext.reward import compute_score
 
     tok = tokenizer

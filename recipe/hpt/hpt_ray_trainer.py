@@ -55,13 +55,8 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl_ext.data.contract import demo_field_of
 from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
-from verl_ext.hpt.merge import (
-    IS_DEMO,
-    encode_demonstrations,
-    merge_demonstrations,
-    pad_with_zero_weight_rows,
-    prompt_token_ids,
-)
+from verl_ext.hpt.demonstrations import encode_demonstrations, prompt_token_ids, usable_demonstrations
+from verl_ext.hpt.merge import IS_DEMO, merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import hpt_step_metrics
 from verl_ext.hpt.validation import max_consecutive_skips
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
@@ -293,13 +288,10 @@ class RayHPTTrainer(RayPPOTrainer):
                        question_indices: list) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Route gated questions without a usable demonstration (missing, empty, not a string) to
         RL instead (α = 1, β = 0); returns the new weights and those questions' positions."""
-        infos = batch.non_tensor_batch.get("extra_info")
-        missing = []
-        for q in np.flatnonzero(beta > 0):
-            info = infos[int(stats.first_row[q])] if infos is not None else None
-            demo = info.get(self.demo_field) if isinstance(info, dict) else None
-            if not isinstance(demo, str) or not demo.strip():
-                missing.append(int(q))
+        gated = np.flatnonzero(beta > 0)
+        texts = usable_demonstrations(batch.non_tensor_batch.get("extra_info"), stats.first_row[gated],
+                                      self.demo_field)
+        missing = [int(q) for q, text in zip(gated, texts) if text is None]
         if missing:
             alpha, beta = alpha.copy(), beta.copy()
             alpha[missing], beta[missing] = 1.0, 0.0

@@ -55,7 +55,8 @@ def bookkeeping(batch, tokenizer, resp_len: int, dp: int = 8) -> dict[str, float
     from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
 
     from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
-    from verl_ext.hpt.merge import encode_demonstrations, merge_demonstrations, pad_with_zero_weight_rows
+    from verl_ext.hpt.demonstrations import encode_demonstrations
+    from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 
     t0 = time.perf_counter()
     cfg = GateConfig()

@@ -196,14 +196,7 @@ def check_index(row: dict) -> Problem:
 
 
 def check_demo(row: dict, demo_field: str) -> Problem:
-    info = row.get("extra_info")
-    if not isinstance(info, dict) or demo_field not in info or info[demo_field] is None:
-        return "demo_missing", "missing"
-    demo = info[demo_field]
-    if not isinstance(demo, str):
-        hint = (" (LUFFY/OpenR1 keep a list of messages: convert with scripts/data/convert.py --format luffy)"
-                if as_list(demo) is not None else "")
-        return "demo_not_string", f"is a {_type(demo)}, expected a string{hint}"
-    if _is_blank(demo):
-        return "demo_missing", "is empty"
-    return None
+    """The row's demonstration, judged by :func:`verl_ext.hpt.demonstrations.demonstration_problem`."""
+    from verl_ext.hpt.demonstrations import demonstration_of, demonstration_problem
+
+    return demonstration_problem(demonstration_of(row.get("extra_info"), demo_field))

@@ -17,7 +17,13 @@ import torch
 from verl import DataProto
 
 from verl_ext.data.contract import DEFAULT_DEMO_FIELD
-from verl_ext.hpt.merge import encode_demonstrations, position_ids_from_mask
+from verl_ext.hpt.demonstrations import (
+    demo_row_tensors,
+    demonstration_of,
+    demonstration_problem,
+    encode_demonstrations,
+    left_pad_prompts,
+)
 
 
 class DeferredWeightSync:
@@ -87,37 +93,22 @@ class DemonstrationRolloutManager:
         targets, prompt_ids = [], []
         for i in range(len(prompts)):
             info = nt["extra_info"][i] or {}
-            if not info.get(self.demo_field):
-                raise KeyError(f"row {i} (index {info.get('index')!r}) has no extra_info['{self.demo_field}']")
-            targets.append(str(info[self.demo_field]))
+            demo = demonstration_of(info, self.demo_field)
+            problem = demonstration_problem(demo)
+            if problem:
+                raise KeyError(f"row {i} (index {info.get('index')!r}): extra_info['{self.demo_field}'] {problem[1]}")
+            targets.append(demo)
             ids = self.tokenizer.apply_chat_template(list(nt["raw_prompt"][i]), add_generation_prompt=True,
                                                      tokenize=True, **tmpl_kwargs)
             ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            if len(ids) > p_len:
-                raise ValueError(f"row {i}: prompt of {len(ids)} tokens exceeds prompt_length {p_len}")
             prompt_ids.append(list(ids))
-        # As the merge encodes them (a start the generation prompt already ends with is held once).
+        # As the merge encodes and lays them out (a start the generation prompt already ends with
+        # is held once); only the prompt comes from the chat template here, not from a rollout row.
         demo_ids, _ = encode_demonstrations(self.tokenizer, targets, r_len, prompt_ids=prompt_ids)
         b = len(prompts)
-        prompts_t = torch.full((b, p_len), pad, dtype=torch.long)
-        responses = torch.full((b, r_len), pad, dtype=torch.long)
-        p_mask = torch.zeros((b, p_len), dtype=torch.long)
-        r_mask = torch.zeros((b, r_len), dtype=torch.long)
-        for i, (p, r) in enumerate(zip(prompt_ids, demo_ids)):
-            prompts_t[i, p_len - len(p):] = torch.tensor(p)
-            p_mask[i, p_len - len(p):] = 1
-            responses[i, : len(r)] = torch.tensor(r)
-            r_mask[i, : len(r)] = 1
-        attention = torch.cat([p_mask, r_mask], dim=-1)
-        batch = {
-            "prompts": prompts_t,
-            "responses": responses,
-            "response_mask": r_mask,
-            "input_ids": torch.cat([prompts_t, responses], dim=-1),
-            "attention_mask": attention,
-            "position_ids": position_ids_from_mask(attention),
-            "rm_scores": torch.zeros((b, r_len), dtype=torch.float32),
-        }
+        prompts_t, p_mask = left_pad_prompts(prompt_ids, p_len, pad)
+        batch = {"prompts": prompts_t, **demo_row_tensors(prompts_t, p_mask, demo_ids, pad, r_len),
+                 "rm_scores": torch.zeros((b, r_len), dtype=torch.float32)}
         # The keys verl's agent loop always returns for text rows (RayPPOTrainer.fit reads
         # multi_modal_inputs for every batch).
         mm = np.empty(b, dtype=object)

@@ -36,9 +36,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from verl_ext.loss.config import DEMO_ARMS
+
 STRATEGIES = ("switch", "soft", "fixed", "always", "never")
 PLACEMENTS = ("replace", "add")
-DEMO_ARMS = ("demo", "demo_off")
 SOFT_FUNCTIONS = ("linear",)
 
 
@@ -83,12 +84,13 @@ class GateConfig:
             raise GateConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
         for key in ("gamma", "fixed_alpha", "fixed_beta", "correct_threshold"):
             if key in node:
-                node[key] = _number(f"{path}.{key}", node[key])
+                node[key] = _parse_number(f"{path}.{key}", node[key])
         if "demo_arms" in node:
             node["demo_arms"] = _demo_arms(f"{path}.demo_arms", node["demo_arms"])
         if node.get("soft_table") is not None:
             node["soft_table"] = tuple(
-                tuple(_number(f"{path}.soft_table[{i}]", x) for x in row) for i, row in enumerate(node["soft_table"]))
+                tuple(_parse_number(f"{path}.soft_table[{i}]", x) for x in row)
+                for i, row in enumerate(node["soft_table"]))
         cfg = cls(**node)
         cfg.validate(path)
         return cfg
@@ -134,7 +136,7 @@ def _demo_arms(path: str, value: Any) -> tuple:
     return tuple(a for a in DEMO_ARMS if a in value)
 
 
-def _number(path: str, value: Any) -> float:
+def _parse_number(path: str, value: Any) -> float:
     """A finite float; fractions such as "2/8" (handy on the command line) are accepted."""
     try:
         if isinstance(value, str) and "/" in value:

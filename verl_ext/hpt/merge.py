@@ -19,6 +19,9 @@ question's prompt with the demonstration tokens (+EOS) as the response and ``hpt
 
 With both, the ``demo`` row comes first. Both rows carry the same tokens, score and extras.
 
+Demonstration rows themselves (usable, tokens, layout) are :mod:`verl_ext.hpt.demonstrations`;
+this module chooses the rows per question, flags them and pads the batch.
+
 Padding rows (:func:`pad_with_zero_weight_rows`) keep verl's divisibility requirements without
 changing what is learned: each is a copy of a real row with ``response_mask`` = 0 (no loss
 token, not counted in any token total), ``hpt_row_weight`` = 0 and a uid of its own.
@@ -33,165 +36,13 @@ import numpy as np
 import torch
 from verl import DataProto
 
+from verl_ext.hpt.demonstrations import build_demo_rows
 from verl_ext.hpt.gate import PLACEMENTS, QuestionStats
 
 IS_DEMO = "hpt_is_demo"
 ROW_WEIGHT = "hpt_row_weight"
 DEMO_UID_SUFFIX = "::demo"
 PAD_UID_PREFIX = "__hpt_pad__"
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """verl's convention: position = (number of attended tokens before this one), 0 on padding."""
-    return torch.clamp(attention_mask.long().cumsum(-1) - 1, min=0)
-
-
-PROMPT_TAIL_TOKENS = 64  # prompt tokens decoded to find an overlap (generation prompts are far shorter)
-OVERLAP_WINDOW_CHARS = 64  # the longest overlap looked for, in characters of the decoded prompt
-
-
-def _overlap_boundary(text: str, i: int) -> bool:
-    """May an overlap start at ``text[i]``: the text's start, a ``<`` (a tag or special token), or
-    right after whitespace or a ``>`` (never inside a word or a tag)."""
-    return i == 0 or text[i] == "<" or text[i - 1].isspace() or text[i - 1] == ">"
-
-
-def generation_prompt_overlap(prompt_text: str, demonstration: str, window: int = OVERLAP_WINDOW_CHARS) -> int:
-    """How many leading characters of ``demonstration`` the prompt already ends with (0: none).
-
-    A demonstration row is the rollout's prompt (the chat template applied with
-    ``add_generation_prompt=True``) followed by the demonstration's tokens. When the template's
-    generation prompt ends with text the demonstration also starts with (``...assistant\n<think>\n``
-    and a DeepSeek-R1 demonstration ``<think>\nOkay, ...``), that text would appear twice in the
-    row; dropping the returned number of characters from the demonstration keeps it once, so the
-    row reads as if the policy had written the demonstration after its own prompt.
-
-    The overlap is the longest end of the prompt (within its last ``window`` characters, trailing
-    whitespace aside) that the demonstration starts with, provided that it starts at a boundary
-    (see :func:`_overlap_boundary`; ``>`` alone never matches the end of ``<think>``), holds
-    something other than whitespace, and leaves some non-whitespace demonstration text. The prompt's
-    trailing whitespace is matched too: exactly when the demonstration repeats it
-    (``<think>\n`` + ``<think>\n\nOkay`` keeps ``\nOkay``), otherwise the demonstration's whitespace
-    after the overlap is dropped (``<think>\n`` + ``<think>Okay`` keeps ``Okay``); a prompt that
-    ends without whitespace (``<think>``) keeps the demonstration's (``\nOkay``).
-
-    Pure: depends only on the two strings. A demonstration that does not start with the prompt's
-    end (no reasoning tag in the template, or none in the demonstration) gives 0.
-    """
-    start = max(0, len(prompt_text) - window)
-    core = prompt_text.rstrip()
-    ws = prompt_text[len(core):]
-    for i in range(start, len(core)):
-        if not _overlap_boundary(core, i):
-            continue
-        piece = core[i:]  # ends with a non-whitespace character
-        if not demonstration.startswith(piece):
-            continue
-        rest = demonstration[len(piece):]
-        if ws and rest.startswith(ws):
-            n = len(piece) + len(ws)
-        elif ws:
-            n = len(demonstration) - len(rest.lstrip())
-        else:
-            n = len(piece)
-        return n if demonstration[n:].strip() else 0
-    return 0
-
-
-def prompt_token_ids(data: DataProto, rows: Sequence[int]) -> list[list[int]]:
-    """The prompt tokens (left padding removed) of ``data``'s rows ``rows``: what the policy is
-    conditioned on, for :func:`encode_demonstrations`' ``prompt_ids``."""
-    prompts = data.batch["prompts"]
-    mask = data.batch["attention_mask"][:, : prompts.shape[1]].bool()
-    return [prompts[int(r)][mask[int(r)]].tolist() for r in rows]
-
-
-def encode_demonstrations(tokenizer, targets: Sequence[str], response_length: int,
-                          prompt_ids: Optional[Sequence[Sequence[int]]] = None,
-                          overlaps: Optional[list] = None) -> tuple[list[list[int]], int]:
-    """Token ids of each demonstration + EOS, truncated to ``response_length``.
-
-    Returns (ids per target, number truncated). EOS is appended as the release does, so SFT teaches
-    the model to stop; a truncated demonstration keeps its first ``response_length`` tokens.
-
-    prompt_ids[i]: the prompt tokens demonstration i will follow (the template's generation prompt
-    included). With them, the part of the demonstration's start that the prompt already ends with
-    (:func:`generation_prompt_overlap` on the decoded end of the prompt, e.g. a ``<think>\n`` that
-    both the template and the demonstration hold) is dropped before tokenising, so the row holds it
-    once. Both the merge (the trainer's ``_gate_and_merge``) and the SFT-only stand-in
-    (:mod:`verl_ext.hpt.demo_rollout`) encode here. ``overlaps``: if a list, the number of
-    characters dropped from each demonstration is appended to it.
-    """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos_token_id; demonstrations need one appended")
-    if prompt_ids is not None and len(prompt_ids) != len(targets):
-        raise ValueError(f"{len(prompt_ids)} prompts for {len(targets)} demonstrations")
-    out, truncated = [], 0
-    for i, text in enumerate(targets):
-        if not isinstance(text, str) or not text:
-            raise ValueError(f"demonstration of question {i} is empty or not a string: {text!r}")
-        drop = 0
-        if prompt_ids is not None:
-            tail = tokenizer.decode(list(prompt_ids[i])[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
-            drop = generation_prompt_overlap(tail, text)
-        if overlaps is not None:
-            overlaps.append(drop)
-        ids = tokenizer(text[drop:], add_special_tokens=False)["input_ids"] + [eos]
-        if len(ids) > response_length:
-            truncated += 1
-            ids = ids[:response_length]
-        out.append(ids)
-    return out, truncated
-
-
-def build_demo_rows(template: DataProto, demo_ids: Sequence[Sequence[int]], pad_token_id: int,
-                    scores: Optional[Sequence[float]] = None) -> DataProto:
-    """One demonstration row per template row: the template's prompt, ``demo_ids`` as response.
-
-    template: (Q,) rows whose prompt part is reused (every tensor key is copied, then the
-    response-side keys are rebuilt). Response-shaped keys other than the rebuilt ones are zeroed.
-    """
-    t = template.batch
-    if "position_ids" in t.keys() and t["position_ids"].dim() != 2:
-        raise NotImplementedError("HPT demonstration rows support text models (2-D position_ids) only")
-    q = len(template)
-    if len(demo_ids) != q:
-        raise ValueError(f"{len(demo_ids)} demonstrations for {q} template rows")
-    prompts = t["prompts"]
-    p_len, r_len = prompts.shape[1], t["responses"].shape[1]
-    responses = torch.full((q, r_len), pad_token_id, dtype=t["responses"].dtype)
-    response_mask = torch.zeros((q, r_len), dtype=t["response_mask"].dtype)
-    for i, ids in enumerate(demo_ids):
-        if len(ids) > r_len:
-            raise ValueError(f"demonstration {i} has {len(ids)} tokens > response_length {r_len}")
-        responses[i, : len(ids)] = torch.as_tensor(list(ids), dtype=responses.dtype)
-        response_mask[i, : len(ids)] = 1
-    prompt_attn = t["attention_mask"][:, :p_len]
-    attention_mask = torch.cat([prompt_attn, response_mask.to(prompt_attn.dtype)], dim=-1)
-    rebuilt = {
-        "responses": responses,
-        "response_mask": response_mask,
-        "input_ids": torch.cat([prompts, responses], dim=-1),
-        "attention_mask": attention_mask,
-        "position_ids": position_ids_from_mask(attention_mask).to(t["position_ids"].dtype),
-    }
-    if "rm_scores" in t.keys():
-        rm = torch.zeros_like(t["rm_scores"])
-        if scores is not None:
-            last = response_mask.long().sum(-1) - 1
-            rm[torch.arange(q), last.clamp(min=0)] = torch.as_tensor(list(scores), dtype=rm.dtype)
-        rebuilt["rm_scores"] = rm
-    tensors = {}
-    for key in t.keys():
-        if key in rebuilt:
-            tensors[key] = rebuilt[key]
-        elif t[key].dim() >= 2 and t[key].shape[1] == r_len and key != "prompts":
-            tensors[key] = torch.zeros_like(t[key])  # response-aligned data of the discarded rollout
-        else:
-            tensors[key] = t[key].clone()
-    non_tensors = {k: v.copy() for k, v in template.non_tensor_batch.items()}
-    return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors, meta_info=dict(template.meta_info))
 
 
 @dataclass

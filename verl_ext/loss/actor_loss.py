@@ -76,12 +76,11 @@ from verl_ext.loss.batch_keys import (
     HPT_ROW_WEIGHT,
     row_arm_codes,
 )
-from verl_ext.loss.config import ARM_NAMES, UPGELossConfig
+from verl_ext.loss.config import ARM_NAMES, DEMO_ARMS, UPGELossConfig
 from verl_ext.loss.upge import UPGETokenTerms, row_mean_entropy, upge_arm_loss
 
 ARM_METRIC_PREFIX = {"rollout": "hpt/rl", "demo": "hpt/sft", "demo_off": "hpt/off"}
 ARM_LOSS_METRIC = {"rollout": "pg_loss", "demo": "loss", "demo_off": "pg_loss"}
-DEMO_ARMS = ("demo", "demo_off")
 # Modes whose normaliser is a global count; const-len, token-sum and micro-token-mean need none.
 _NEEDS_TOTALS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 # Per-token verifier scores, for adv: outcome. verl's trainer sets token_level_scores = rm_scores

@@ -81,6 +81,7 @@ VERL_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-tok
 RELEASE_AGG_MODES = ("const-len", "micro-token-mean")
 AGG_MODES = VERL_AGG_MODES + RELEASE_AGG_MODES
 ARM_NAMES = ("rollout", "demo", "demo_off")
+DEMO_ARMS = ARM_NAMES[1:]  # the demonstration arms (hpt.gate.demo_arms chooses among them)
 # Aggregations of the entropy bonus (hpt.loss.entropy_agg): verl's global mean, or the release's.
 ENTROPY_AGG_MODES = ("global", "micro-token-mean")
 # Fields every arm read by load_upge_config must state (the estimator is undefined without them).
@@ -135,22 +136,22 @@ class UPGEArmConfig:
         _one_of(path, "ref", self.ref, REF_MODES)
         _one_of(path, "adv", self.adv, ADV_MODES)
         _one_of(path, "agg", self.agg, AGG_MODES)
-        _number(path, "clip_low", self.clip_low, lo=0.0, hi=1.0, hi_open=False)
-        _number(path, "clip_high", self.clip_high, lo=0.0)
-        _number(path, "coef", self.coef)
+        _check_number(path, "clip_low", self.clip_low, lo=0.0, hi=1.0, hi_open=False)
+        _check_number(path, "clip_high", self.clip_high, lo=0.0)
+        _check_number(path, "coef", self.coef)
         for key in ("adv_correct", "adv_incorrect", "adv_entropy_exp", "correct_score", "nll_coef",
                     "nll_entropy_exp"):
-            _number(path, key, getattr(self, key))
+            _check_number(path, key, getattr(self, key))
         _one_of(path, "nll_agg", self.nll_agg, AGG_MODES)
         if self.clip_c is not None:
-            _number(path, "clip_c", self.clip_c)
+            _check_number(path, "clip_c", self.clip_c)
             if not self.clip_c > 1.0:
                 # verl's dual clip needs c > 1 (core_algos asserts the same), else it cuts unclipped tokens.
                 raise UPGEConfigError(f"{path}.clip_c={self.clip_c!r} must be > 1 (or null for no dual clip)")
             if self.stable != "ppo_clip":
                 raise UPGEConfigError(f"{path}.clip_c={self.clip_c!r} is only used by stable='ppo_clip'")
         if self.shaping_gamma is not None:
-            _number(path, "shaping_gamma", self.shaping_gamma)
+            _check_number(path, "shaping_gamma", self.shaping_gamma)
             if not self.shaping_gamma > 0.0:
                 raise UPGEConfigError(f"{path}.shaping_gamma={self.shaping_gamma!r} must be > 0 (or null)")
             if self.stable != "none":
@@ -268,7 +269,7 @@ def _one_of(path: str, key: str, value: Any, allowed: tuple) -> None:
         raise UPGEConfigError(f"{path}.{key}={value!r} is not one of {list(allowed)}")
 
 
-def _number(path: str, key: str, value: Any, lo: float | None = None, hi: float | None = None, hi_open=True):
+def _check_number(path: str, key: str, value: Any, lo: float | None = None, hi: float | None = None, hi_open=True):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UPGEConfigError(f"{path}.{key}={value!r} must be a finite number")
     if lo is not None and value < lo:
