@@ -21,7 +21,7 @@ from tests.test_reliability import _bare_trainer
 from verl_ext.hpt.demo_rollout import DemonstrationRolloutManager
 from verl_ext.hpt.gate import GateConfig
 from verl_ext.hpt.demonstrations import encode_demonstrations, generation_prompt_overlap, prompt_token_ids
-from verl_ext.hpt.merge import IS_DEMO
+from verl_ext.loss.batch_keys import HPT_ROW_KIND
 from verl_ext.tiny import CHATML_TEMPLATE, build_char_tokenizer
 
 TAG = "<think>\n"
@@ -94,7 +94,7 @@ def _merged(tok, demos):
     t.config = _config()
     metrics = {}
     t._gate_and_merge(batch, metrics)
-    assert int((batch.batch[IS_DEMO] > 0).sum()) == len(demos) == len(batch)
+    assert int((batch.batch[HPT_ROW_KIND] > 0).sum()) == len(demos) == len(batch)
     return batch, stand_in, metrics
 
 

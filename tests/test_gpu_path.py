@@ -23,7 +23,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from tests.test_gate import make_rollout_batch
 from tests.test_reliability import _bare_trainer, _data, _mse, _snapshot, _StubEngine
 from verl_ext.hpt.gate import GateConfig
-from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT
+from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT
 
 
 def _trainer(char_tok, dp=1, mini=2, n=4, gamma=0.5):
@@ -54,7 +54,7 @@ def test_rollout_log_probs_survive_the_merge_and_demo_rows_become_neutral(char_t
     metrics = {}
     t._balance_batch(batch, metrics)
     assert "rollout_log_probs" in batch.batch.keys()  # today: popped on every step with a demo row
-    demo = batch.batch[IS_DEMO] > 0
+    demo = batch.batch[HPT_ROW_KIND] > 0
     assert int(demo.sum()) == 2 and int((~demo).sum()) >= 8
     # the actor's log-probs: close to the rollout's on sampled rows, anything on demonstrations
     g = torch.Generator().manual_seed(0)
@@ -95,7 +95,7 @@ def test_all_demonstration_step_reports_no_valid_mismatch(char_tok, monkeypatch)
     t = _trainer(char_tok, mini=1)
     metrics = {}
     t._balance_batch(batch, metrics)
-    assert bool((batch.batch[IS_DEMO] > 0).all())
+    assert bool((batch.batch[HPT_ROW_KIND] > 0).all())
     _fake_old_log_prob(monkeypatch, torch.zeros_like(batch.batch["rollout_log_probs"]))
     t._compute_old_log_prob(batch)
     assert t._rollout_debug_metrics["training/rollout_probs_diff_valid"] == 0
@@ -247,7 +247,7 @@ def test_padding_rows_are_placed_by_the_balancer(char_tok, monkeypatch):
     ranks = _rank_tokens(updated, 2)
     longest = float(batch.batch["attention_mask"].sum(-1).max())
     assert abs(ranks[0] - ranks[1]) <= longest  # verl's balance survives to the update
-    assert (updated.batch[ROW_WEIGHT] == 0).sum() == 5
+    assert (updated.batch[HPT_ROW_WEIGHT] == 0).sum() == 5
 
 
 # ------------------------------------------------------------------ 1. attention implementation

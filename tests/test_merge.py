@@ -29,15 +29,9 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 
 from tests.test_gate import EOS_ID, PAD_ID, RESPONSE_LEN, make_rollout_batch, sequence_scores
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
-from verl_ext.hpt.merge import (
-    DEMO_UID_SUFFIX,
-    IS_DEMO,
-    PAD_UID_PREFIX,
-    ROW_WEIGHT,
-    merge_demonstrations,
-    pad_with_zero_weight_rows,
-)
 from verl_ext.hpt.demonstrations import build_demo_rows, encode_demonstrations
+from verl_ext.hpt.merge import DEMO_UID_SUFFIX, PAD_UID_PREFIX, merge_demonstrations, pad_with_zero_weight_rows
+from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
 from verl_ext.loss import annotate_arm_token_counts, hpt_actor_loss, load_upge_config
 
 from tests.helpers import PRESET_DIR, PRESETS  # noqa: E402
@@ -81,12 +75,22 @@ def test_rows_in_question_order_rollouts_then_demo():
     uids = merged.non_tensor_batch["uid"].tolist()
     assert uids == (["uid-0::demo"] + ["uid-1"] * 4 + ["uid-1::demo"] + ["uid-2"] * 4 + ["uid-3"] * 4
                     + ["uid-3::demo"])  # fmt: skip
-    assert merged.batch[IS_DEMO].tolist() == [1] + [0] * 4 + [1] + [0] * 8 + [1]
-    assert merged.batch[ROW_WEIGHT].tolist() == [1.0] + [0.5] * 4 + [0.5] + [1.0] * 4 + [0.25] * 4 + [0.75]
-    assert merged.batch[ROW_WEIGHT].dtype == torch.float32 and merged.batch[IS_DEMO].dtype == torch.float32
+    assert merged.batch[HPT_ROW_KIND].tolist() == [1] + [0] * 4 + [1] + [0] * 8 + [1]
+    assert merged.batch[HPT_ROW_WEIGHT].tolist() == [1.0] + [0.5] * 4 + [0.5] + [1.0] * 4 + [0.25] * 4 + [0.75]
+    assert merged.batch[HPT_ROW_WEIGHT].dtype == torch.float32 and merged.batch[HPT_ROW_KIND].dtype == torch.int64
+    assert set(merged.batch[HPT_ROW_KIND].tolist()) == {RowKind.ROLLOUT, RowKind.SFT_DEMO}
+
     assert (mstats.num_questions, mstats.num_gated, mstats.num_rl) == (4, 3, 3)
     assert (mstats.rollout_rows, mstats.demo_rows) == (12, 3)
     assert len(merged) == 15
+
+
+def test_row_kind_names_the_loss_arm():
+    from verl_ext.loss.batch_keys import ARM_KINDS
+    from verl_ext.loss.config import ARM_NAMES
+
+    assert [(int(k), k.arm) for k in RowKind] == [(0, "rollout"), (1, "demo"), (2, "demo_off")]
+    assert list(ARM_KINDS) == list(ARM_NAMES) and all(RowKind.of_arm(k.arm) is k for k in RowKind)
 
 
 def test_rollout_rows_are_kept_bit_for_bit():
@@ -140,7 +144,7 @@ def test_demo_rows_prompt_response_masks_positions_scores(placement):
         assert torch.equal(t["rm_scores"], want_rm)
         # response-aligned data of the template rollout is not carried over
         assert (t["rollout_log_probs"] == 0).all()
-        assert t[IS_DEMO] == 1.0 and t[ROW_WEIGHT] == float(beta[q])
+        assert t[HPT_ROW_KIND] == 1.0 and t[HPT_ROW_WEIGHT] == float(beta[q])
         uid = merged.non_tensor_batch["uid"][row]
         assert uid == (f"uid-{q}{DEMO_UID_SUFFIX}" if placement == "replace" else f"uid-{q}")
         # the question's other non-tensor columns come with the prompt
@@ -173,7 +177,7 @@ def test_demo_extra_lands_in_the_non_tensor_columns():
 def test_no_demo_scores_gives_zero_rm_scores():
     batch = make_rollout_batch([(4, 0), (4, 3)], seed=2)
     merged, *_ = run_gate_and_merge(batch, GateConfig())
-    assert merged.batch[IS_DEMO][0] == 1 and (merged.batch["rm_scores"][0] == 0).all()
+    assert merged.batch[HPT_ROW_KIND][0] == 1 and (merged.batch["rm_scores"][0] == 0).all()
 
 
 def test_switch_replace_keeps_only_rollouts_or_the_demo():
@@ -181,7 +185,7 @@ def test_switch_replace_keeps_only_rollouts_or_the_demo():
     merged, mstats, *_ = run_gate_and_merge(batch, GateConfig(gamma=2 / 8))
     assert merged.non_tensor_batch["uid"].tolist() == (["uid-0::demo", "uid-1::demo", "uid-2::demo"]
                                                        + ["uid-3"] * 8 + ["uid-4"] * 8)  # fmt: skip
-    assert merged.batch[ROW_WEIGHT].tolist() == [1.0] * 19
+    assert merged.batch[HPT_ROW_WEIGHT].tolist() == [1.0] * 19
     assert (mstats.rollout_rows, mstats.demo_rows) == (16, 3)
 
 
@@ -190,8 +194,8 @@ def test_add_placement_with_kept_rollouts_joins_the_group():
     cfg = GateConfig(gamma=0.0, placement="add", keep_gated_rollouts=True)
     merged, mstats, *_ = run_gate_and_merge(batch, cfg, demo_scores=[1.0, 0.0])
     assert merged.non_tensor_batch["uid"].tolist() == ["uid-0"] * 5 + ["uid-1"] * 4
-    assert merged.batch[IS_DEMO].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0]
-    assert merged.batch[ROW_WEIGHT].tolist() == [1.0] * 9
+    assert merged.batch[HPT_ROW_KIND].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert merged.batch[HPT_ROW_WEIGHT].tolist() == [1.0] * 9
     assert (mstats.rollout_rows, mstats.demo_rows, mstats.num_gated, mstats.num_rl) == (8, 1, 1, 2)
     # GRPO's group statistics of uid-0 include the demonstration (scores 0,0,0,0 | 1): mean 0.2
     adv, _ = compute_grpo_outcome_advantage(merged.batch["rm_scores"], merged.batch["response_mask"],
@@ -213,14 +217,14 @@ def test_demo_arms_both_give_two_demo_rows_per_gated_question():
                                                                       keep_gated_rollouts=True)
     assert merged.non_tensor_batch["uid"].tolist() == (["uid-0"] * 4 + ["uid-0::demo", "uid-0"] + ["uid-1"] * 4
                                                        + ["uid-2"] * 3 + ["uid-2::demo", "uid-2"])  # fmt: skip
-    assert merged.batch[IS_DEMO].tolist() == [0] * 4 + [1, 2] + [0] * 4 + [0] * 3 + [1, 2]
-    assert merged.batch[ROW_WEIGHT].tolist() == [1.0] * 15  # kept rollouts at α = 1, demos at β = 1
+    assert merged.batch[HPT_ROW_KIND].tolist() == [0] * 4 + [1, 2] + [0] * 4 + [0] * 3 + [1, 2]
+    assert merged.batch[HPT_ROW_WEIGHT].tolist() == [1.0] * 15  # kept rollouts at α = 1, demos at β = 1
     assert (mstats.num_questions, mstats.num_gated, mstats.num_rl) == (3, 2, 3)
     assert (mstats.rollout_rows, mstats.demo_rows, mstats.demo_off_rows) == (11, 4, 2)
     # the two rows of a demonstration are the same sequence (tokens, masks, positions, score, extras)
     for sft_row, off_row, q in ((4, 5, 0), (13, 14, 2)):
         for key in merged.batch.keys():
-            if key != IS_DEMO:
+            if key != HPT_ROW_KIND:
                 assert torch.equal(merged.batch[key][sft_row], merged.batch[key][off_row]), key
         assert merged.batch["responses"][sft_row][: len(demo_ids[q])].tolist() == demo_ids[q]
         assert merged.non_tensor_batch["acc"][sft_row] == merged.non_tensor_batch["acc"][off_row] == 0.5 + q
@@ -241,16 +245,16 @@ def test_demo_arms_off_only_and_without_kept_rollouts():
     cfg = GateConfig(demo_arms=("demo_off",), keep_gated_rollouts=True)
     merged, mstats, *_ = run_gate_and_merge(batch, cfg, demo_scores=[1.0, 1.0])
     assert merged.non_tensor_batch["uid"].tolist() == ["uid-0"] * 5 + ["uid-1"] * 4
-    assert merged.batch[IS_DEMO].tolist() == [0] * 4 + [2] + [0] * 4
+    assert merged.batch[HPT_ROW_KIND].tolist() == [0] * 4 + [2] + [0] * 4
     assert (mstats.demo_rows, mstats.demo_off_rows) == (1, 1)
     # without kept rollouts the demo_off row is alone in its group (the release's off_sft reading)
     merged, mstats, *_ = run_gate_and_merge(batch, GateConfig(demo_arms=("demo_off",)), demo_scores=[1.0, 1.0])
     assert merged.non_tensor_batch["uid"].tolist() == ["uid-0"] + ["uid-1"] * 4
-    assert merged.batch[IS_DEMO].tolist() == [2] + [0] * 4
+    assert merged.batch[HPT_ROW_KIND].tolist() == [2] + [0] * 4
     # Mix/ON without kept rollouts: both demonstration rows, no rollouts of the gated question
     _, (merged, mstats, *_r) = _mix_on(spec, seed=9)
     assert merged.non_tensor_batch["uid"].tolist() == ["uid-0::demo", "uid-0"] + ["uid-1"] * 4
-    assert merged.batch[IS_DEMO].tolist() == [1, 2] + [0] * 4
+    assert merged.batch[HPT_ROW_KIND].tolist() == [1, 2] + [0] * 4
     # placement=add only changes the demo row's uid; the demo_off row always joins the group
     _, (merged, *_r) = _mix_on(spec, seed=9, placement="add")
     assert merged.non_tensor_batch["uid"].tolist() == ["uid-0", "uid-0"] + ["uid-1"] * 4
@@ -261,7 +265,7 @@ def test_demo_arms_default_is_one_demo_row():
     stats = question_stats(batch.non_tensor_batch["uid"], sequence_scores(batch))
     alpha, beta = gate_by_pass_rate(stats.correct, stats.n, GateConfig())
     merged, mstats = merge_demonstrations(batch, stats, alpha, beta, [demo_tokens(0, 3), None], PAD_ID)
-    assert merged.batch[IS_DEMO].tolist() == [1] + [0] * 4 and mstats.demo_off_rows == 0
+    assert merged.batch[HPT_ROW_KIND].tolist() == [1] + [0] * 4 and mstats.demo_off_rows == 0
     for bad in ((), ("sft",), ("demo", "demo"), "demo"):
         with pytest.raises(ValueError, match="demo_arms"):
             merge_demonstrations(batch, stats, alpha, beta, [demo_tokens(0, 3), None], PAD_ID, demo_arms=bad)
@@ -277,13 +281,13 @@ def test_mix_on_batch_through_the_actor_loss_is_the_sum_of_its_arms():
     upge = preset("hpt_release_off")
     loss_fn = functools.partial(hpt_actor_loss, config=actor_config(entropy_coeff=0.0), upge=upge)
     batch = training_batch("hpt_release_off", policy)
-    assert sorted(set(batch.batch[IS_DEMO].tolist())) == [0.0, 1.0, 2.0]
+    assert sorted(set(batch.batch[HPT_ROW_KIND].tolist())) == [0.0, 1.0, 2.0]
     got = actor_gradient(policy, copy.deepcopy(batch), loss_fn, len(batch), 1, False)
 
     td = left_right_2_no_padding(batch.to_tensordict())
     logp = no_padding_2_padding(policy.model_output(td, False)["log_probs"], td)
     m = batch.batch["response_mask"].bool()
-    kind = batch.batch[IS_DEMO]
+    kind = batch.batch[HPT_ROW_KIND]
     A, old = batch.batch["advantages"], batch.batch["old_log_probs"]
     # micro-token-mean: one SFT mean per micro-batch of MICRO rows that holds demo rows
     sft = 0.0
@@ -388,7 +392,7 @@ def test_pad_rows_are_inert_copies_with_their_own_uids():
         assert torch.equal(padded.batch[key][:15], val), key
     assert padded.non_tensor_batch["uid"][:15].tolist() == uids_before.tolist()
     pad = {k: padded.batch[k][15] for k in padded.batch.keys()}
-    assert (pad["response_mask"] == 0).all() and pad[ROW_WEIGHT] == 0.0
+    assert (pad["response_mask"] == 0).all() and pad[HPT_ROW_WEIGHT] == 0.0
     assert (pad["rm_scores"] == 0).all()
     assert torch.equal(pad["input_ids"], before["input_ids"][14])  # a copy of the last row otherwise
     assert padded.non_tensor_batch["uid"][15] == f"{PAD_UID_PREFIX}15"  # position-based: passes never collide
@@ -397,7 +401,7 @@ def test_pad_rows_are_inert_copies_with_their_own_uids():
     assert n_pad == 3 and len(padded) == 18
     pad_uids = padded.non_tensor_batch["uid"][15:].tolist()
     assert len(set(pad_uids)) == 3 and not set(pad_uids) & set(uids_before.tolist())
-    assert padded.batch["response_mask"][15:].sum() == 0 and padded.batch[ROW_WEIGHT][15:].tolist() == [0.0] * 3
+    assert padded.batch["response_mask"][15:].sum() == 0 and padded.batch[HPT_ROW_WEIGHT][15:].tolist() == [0.0] * 3
 
 
 def test_pad_noop_cases_and_a_batch_without_hpt_keys():
@@ -410,9 +414,9 @@ def test_pad_noop_cases_and_a_batch_without_hpt_keys():
     padded, n_pad = pad_with_zero_weight_rows(batch, 5)
     assert n_pad == 2
     assert set(batch.batch.keys()) == keys_before and len(batch) == 8  # the input is not mutated
-    assert ROW_WEIGHT not in batch.batch.keys() and IS_DEMO not in batch.batch.keys()
-    assert padded.batch[ROW_WEIGHT].tolist() == [1.0] * 8 + [0.0] * 2
-    assert padded.batch[IS_DEMO].tolist() == [0.0] * 10
+    assert HPT_ROW_WEIGHT not in batch.batch.keys() and HPT_ROW_KIND not in batch.batch.keys()
+    assert padded.batch[HPT_ROW_WEIGHT].tolist() == [1.0] * 8 + [0.0] * 2
+    assert padded.batch[HPT_ROW_KIND].tolist() == [0.0] * 10
     assert (padded.batch["advantages"][8:] == 0).all() and (padded.batch["advantages"][:8] == 1).all()
 
 
@@ -421,7 +425,7 @@ def test_grpo_advantage_of_pad_rows_is_zero_and_real_rows_unchanged(norm_by_std)
     # the last real row is a rollout of a mixed group (3 of 4 correct): a pad sharing its uid would shift it
     batch = make_rollout_batch([(4, 0), (4, 2), (4, 0), (4, 3)], seed=8)
     merged, *_ = run_gate_and_merge(batch, GateConfig(), demo_scores=[0.0, 0.0, 1.0, 0.0])
-    assert len(merged) == 10 and merged.batch[IS_DEMO][-1] == 0
+    assert len(merged) == 10 and merged.batch[HPT_ROW_KIND][-1] == 0
     padded, n_pad = pad_with_zero_weight_rows(copy.deepcopy(merged), 8)
     assert n_pad == 6
 
@@ -528,7 +532,7 @@ def training_batch(name, policy, seed=31):
     batch = make_rollout_batch(spec, seed=seed)
     merged, *_ = run_gate_and_merge(batch, _gate_for(name), demo_len=[5, 3, 8, 4],
                                     demo_scores=[1.0, 1.0, 1.0, 1.0])
-    if "rollout_log_probs" in merged.batch.keys() and merged.batch[IS_DEMO].any():
+    if "rollout_log_probs" in merged.batch.keys() and merged.batch[HPT_ROW_KIND].any():
         merged.batch.pop("rollout_log_probs")  # as RayHPTTrainer does
     adv, _ = compute_grpo_outcome_advantage(merged.batch["rm_scores"], merged.batch["response_mask"],
                                             merged.non_tensor_batch["uid"], norm_adv_by_std_in_grpo=True)
@@ -589,9 +593,9 @@ def test_padding_rows_do_not_change_the_gradient(name, entropy_coeff):
     padded, n_pad = pad_with_zero_weight_rows(copy.deepcopy(real), 8)
     assert len(padded) % 8 == 0 and n_pad > 0
     if preset(name).demo is not None and preset(name).rollout is not None:
-        assert 0 < int(real.batch[IS_DEMO].sum()) < len(real)  # both arms present
+        assert 0 < int(real.batch[HPT_ROW_KIND].sum()) < len(real)  # both arms present
     # 16 rows in micro-batches of 4: the last micro-batch holds padding rows only
-    assert (padded.batch[ROW_WEIGHT][-MICRO:] == 0).all()
+    assert (padded.batch[HPT_ROW_WEIGHT][-MICRO:] == 0).all()
 
     want = actor_gradient(policy, copy.deepcopy(real), loss_fn, len(real), 1, with_entropy)
     got = actor_gradient(policy, padded, loss_fn, len(padded), 1, with_entropy)

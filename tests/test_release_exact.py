@@ -44,7 +44,7 @@ RELEASE_PRESETS = ["hpt_release", "hpt_release_global", "hpt_release_off", "luff
 # (micro-batches per rank k, DP ranks D): k·D from 1 to 6
 SPLITS = [(1, 1), (2, 1), (3, 1), (6, 1), (1, 2), (2, 2), (3, 2), (1, 3), (2, 3), (1, 6)]
 N_ROWS = 12
-ROWS = {  # demo rows (hpt_is_demo = 1) and demo_off rows (= 2) per preset
+ROWS = {  # demo rows (hpt_row_kind = 1) and demo_off rows (= 2) per preset
     "hpt_release": ([1, 4, 8, 10], []),
     "hpt_release_global": ([1, 4, 8, 10], []),
     "hpt_release_off": ([1, 8], [4, 10]),

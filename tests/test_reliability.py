@@ -343,7 +343,7 @@ def _bare_trainer(char_tok, gate=None, max_skips=5):
 
 def test_gated_question_without_demonstration_falls_back_to_rl(char_tok):
     from tests.test_gate import make_rollout_batch
-    from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT
+    from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT
 
     # 4 questions x 4 rollouts with 0, 1, 3, 4 correct: γ = 0.5 gates questions 0 and 1
     batch = make_rollout_batch([(4, 0), (4, 1), (4, 3), (4, 4)], seed=1)
@@ -358,7 +358,7 @@ def test_gated_question_without_demonstration_falls_back_to_rl(char_tok):
     assert metrics["hpt/demo_missing"] == 2 and t.hpt_state["demo_missing"] == 2
     assert metrics["hpt/rows/demo"] == 0  # nothing left for SFT
     assert metrics["hpt/rows/rollout"] == 16  # every question trained with RL (α = 1)
-    assert (batch.batch[IS_DEMO] == 0).all() and (batch.batch[ROW_WEIGHT] == 1).all()
+    assert (batch.batch[HPT_ROW_KIND] == 0).all() and (batch.batch[HPT_ROW_WEIGHT] == 1).all()
     dec = t.hpt_state["gate_decisions"]["7"]
     assert dec["correct"] == [0, 1, 3, 4] and dec["sft"] == [0, 0, 0, 0] and dec["demo_missing"] == [100, 101]
 

@@ -170,7 +170,7 @@ class Batch:
             "token_level_scores": self.token_level_scores,
         }
         if hpt_keys:
-            fields["hpt_is_demo"] = self.is_demo
+            fields["hpt_row_kind"] = self.is_demo
             fields["hpt_row_weight"] = self.row_weight
         td = TensorDict(fields, batch_size=[self.B])
         if hpt_keys and totals:
@@ -248,7 +248,7 @@ ROLLOUT_ROWS = list(range(6))
 
 
 def _arm_rows(batch, arm):
-    """Rows of one arm: hpt_is_demo 0 rollout, 1 demo, 2 demo_off."""
+    """Rows of one arm: hpt_row_kind 0 rollout, 1 demo, 2 demo_off."""
     code = {"rollout": 0.0, "demo": 1.0, "demo_off": 2.0}[arm]
     return [i for i in range(batch.B) if batch.is_demo[i] == code]
 
@@ -547,10 +547,12 @@ def test_two_arm_preset_has_no_off_metrics_and_rejects_demo_off_rows():
 def test_unknown_row_kind_raises(value):
     batch = Batch(4, seed=47, demo=[1])
     batch.is_demo[2] = value
-    with pytest.raises(ValueError, match=r"hpt_is_demo holds .*must be 0\.0 \(rollout\), 1\.0 \(demo\) or 2\.0"):
+    with pytest.raises(ValueError,
+                       match=r"hpt_row_kind holds .*must be a RowKind: 0 \(ROLLOUT\), 1 \(SFT_DEMO\), "
+                             r"2 \(OFF_POLICY_DEMO\)"):
         batch.tensordict()  # annotate_arm_token_counts reads it first
     td = batch.tensordict(totals=False)
-    with pytest.raises(ValueError, match=r"hpt_is_demo holds"):
+    with pytest.raises(ValueError, match=r"hpt_row_kind holds"):
         run_loss(batch, upge_loss_fn(MIX3), td, one_micro(batch))
 
 
@@ -673,7 +675,7 @@ def test_annotate_counts_per_arm_per_mini_batch():
     td = TensorDict(
         {
             "response_mask": mask,
-            "hpt_is_demo": torch.tensor([0.0, 1.0, 0.0, 1.0]),
+            "hpt_row_kind": torch.tensor([0.0, 1.0, 0.0, 1.0]),
             "hpt_row_weight": torch.tensor([1.0, 1.0, 0.0, 1.0]),
         },
         batch_size=[4],
@@ -687,8 +689,8 @@ def test_annotate_counts_per_arm_per_mini_batch():
     assert td["hpt_demo_off_seqs_total"].tolist() == [0] * 4
     assert set(ALL_TOTAL_KEYS) <= set(td.keys()) and len(ALL_TOTAL_KEYS) == 6
 
-    # demo_off rows (hpt_is_demo = 2) have totals of their own; demo rows are not counted in them
-    td["hpt_is_demo"] = torch.tensor([2.0, 1.0, 2.0, 2.0])
+    # demo_off rows (hpt_row_kind = 2) have totals of their own; demo rows are not counted in them
+    td["hpt_row_kind"] = torch.tensor([2.0, 1.0, 2.0, 2.0])
     annotate_arm_token_counts(td, mini_batch_size=2, dp_size=1)
     assert td["hpt_demo_off_tokens_total"].tolist() == [2, 2, 2, 2]  # row 2 has weight 0
     assert td["hpt_demo_off_seqs_total"].tolist() == [1, 1, 1, 1]
@@ -701,7 +703,7 @@ def test_annotate_accepts_dataproto_and_a_dp_group(tmp_path):
     from verl import DataProto
 
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
-    proto = DataProto.from_dict(tensors={"response_mask": mask, "hpt_is_demo": torch.tensor([0.0, 1.0, 0.0, 1.0])})
+    proto = DataProto.from_dict(tensors={"response_mask": mask, "hpt_row_kind": torch.tensor([0.0, 1.0, 0.0, 1.0])})
     annotate_arm_token_counts(proto, mini_batch_size=4, dp_size=2)
     assert proto.batch["hpt_rollout_tokens_total"].tolist() == [5] * 4
     assert proto.batch["hpt_demo_seqs_total"].tolist() == [2] * 4

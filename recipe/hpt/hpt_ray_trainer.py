@@ -56,9 +56,10 @@ from verl_ext.data.contract import demo_field_of
 from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
 from verl_ext.hpt.demonstrations import encode_demonstrations, prompt_token_ids, usable_demonstrations
-from verl_ext.hpt.merge import IS_DEMO, merge_demonstrations, pad_with_zero_weight_rows
+from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import hpt_step_metrics
 from verl_ext.hpt.validation import max_consecutive_skips
+from verl_ext.loss.batch_keys import HPT_ROW_KIND, RowKind
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
 
 logger = logging.getLogger(__name__)
@@ -198,8 +199,8 @@ class RayHPTTrainer(RayPPOTrainer):
         if not self._data_metrics_logged and self.data_report is not None:
             metrics.update(self.data_report.metrics())
             self._data_metrics_logged = True
-        if IS_DEMO in batch.batch.keys():
-            raise RuntimeError(f"HPT: the batch reached _balance_batch already merged (it holds {IS_DEMO!r}); "
+        if HPT_ROW_KIND in batch.batch.keys():
+            raise RuntimeError(f"HPT: the batch reached _balance_batch already merged (it holds {HPT_ROW_KIND!r}); "
                                "RayPPOTrainer.fit is expected to call this hook once per step")
         if "rm_scores" not in batch.batch.keys():
             # Never train plain GRPO silently: the gate needs every rollout's verified score here.
@@ -356,10 +357,10 @@ class RayHPTTrainer(RayPPOTrainer):
         """
         old_log_prob, mfu = super()._compute_old_log_prob(batch)
         keys = batch.batch.keys()
-        if "rollout_log_probs" in keys and IS_DEMO in keys:
+        if "rollout_log_probs" in keys and HPT_ROW_KIND in keys:
             from verl.utils.debug.metrics import calculate_debug_metrics
 
-            demo = batch.batch[IS_DEMO] > 0  # (B,) demonstration rows (any arm)
+            demo = batch.batch[HPT_ROW_KIND] != RowKind.ROLLOUT  # (B,) demonstration rows (any kind)
             if bool(demo.any()):
                 actor_lp = old_log_prob.batch["old_log_probs"]  # (B, T)
                 rollout_lp = batch.batch["rollout_log_probs"]  # (B, T)

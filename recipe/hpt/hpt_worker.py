@@ -4,7 +4,7 @@ verl builds ``self.loss_fn = partial(ppo_loss, config=actor_config)`` in ``init_
 registered policy loss only ever sees old/new log-probs, advantages and the mask, so the
 per-row demonstration flag HPT needs cannot reach it. The worker therefore swaps the whole
 ``loss_fn`` (verl's own ``set_loss_fn`` hook) for ``verl_ext.loss.actor_loss.hpt_actor_loss``
-bound to the ``hpt.loss`` config. Every extra batch key (``hpt_is_demo`` ...) reaches it split
+bound to the ``hpt.loss`` config. Every extra batch key (``hpt_row_kind`` ...) reaches it split
 per micro-batch.
 
 The step guard (:func:`verl_ext.verl_patches.install_step_guard`, one of the three documented

@@ -134,7 +134,7 @@ def micro_batch(inp, is_demo=None):
         "advantages": inp["adv"],
     }
     if is_demo is not None:
-        fields["hpt_is_demo"] = is_demo
+        fields["hpt_row_kind"] = is_demo
         fields["hpt_row_weight"] = torch.ones(B)
     td = TensorDict(fields, batch_size=[B])
     if is_demo is not None:

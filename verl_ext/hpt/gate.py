@@ -21,10 +21,10 @@ reward == 1 exactly, which is the same for a binary verifier).
 Which demonstration rows a question with β > 0 gets (``hpt.gate.demo_arms``, the merge builds
 them; each row is trained by the ``hpt.loss`` arm of the same name):
 
-- ``demo``      one row, ``hpt_is_demo`` = 1; its uid follows ``placement`` (replace: own uid,
+- ``demo``      one row, ``hpt_row_kind`` = ``SFT_DEMO``; its uid follows ``placement`` (replace: own uid,
                 add: the question's uid, joining the rollout group). HPT's SFT row; the LUFFY/SRFT
                 presets train this row with their off-policy term (placement add).
-- ``demo_off``  one row, ``hpt_is_demo`` = 2, always with the question's uid: it joins the
+- ``demo_off``  one row, ``hpt_row_kind`` = ``OFF_POLICY_DEMO``, always with the question's uid: it joins the
                 rollout group, so verl's GRPO advantage is taken over rollouts ∪ demonstration.
 - ``[demo, demo_off]``  both rows (Table 5's Mix/ON: SFT + off-policy RL on one demonstration).
 """

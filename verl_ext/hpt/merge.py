@@ -7,15 +7,18 @@ Operates on verl ``DataProto`` batches as they are inside ``RayPPOTrainer.fit`` 
 ``rollout_log_probs`` (B,R); non-tensors ``uid``, ``extra_info`` ... per row.
 
 Per question q with weights (α_q, β_q) from :mod:`verl_ext.hpt.gate`, the merged batch holds, in
-question order: q's rollout rows if α_q > 0 (``hpt_row_weight`` = α_q, ``hpt_is_demo`` = 0), then,
-if β_q > 0, one demonstration row per entry of ``demo_arms`` (``hpt.gate.demo_arms``), each the
-question's prompt with the demonstration tokens (+EOS) as the response and ``hpt_row_weight`` = β_q:
+question order: q's rollout rows if α_q > 0 (``hpt_row_weight`` = α_q, ``hpt_row_kind`` =
+``RowKind.ROLLOUT``), then, if β_q > 0, one demonstration row per entry of ``demo_arms``
+(``hpt.gate.demo_arms``), each the question's prompt with the demonstration tokens (+EOS) as the
+response and ``hpt_row_weight`` = β_q (:class:`verl_ext.loss.batch_keys.RowKind` names the kinds):
 
-- ``demo``: ``hpt_is_demo`` = 1 (the loss's ``demo`` arm). With ``placement=replace`` it gets its
-  own uid (``<uid>::demo``) so GRPO's group statistics of the rollouts are unchanged; with
-  ``placement=add`` it keeps the question's uid and joins the group (LUFFY/SRFT).
-- ``demo_off``: ``hpt_is_demo`` = 2 (the loss's ``demo_off`` arm), always the question's uid: it
-  joins the group, so verl's GRPO advantage is over rollouts ∪ demonstration (Table 5 Mix/ON, OFF/ON).
+- ``demo``: ``hpt_row_kind`` = ``RowKind.SFT_DEMO`` (the loss's ``demo`` arm). With
+  ``placement=replace`` it gets its own uid (``<uid>::demo``) so GRPO's group statistics of the
+  rollouts are unchanged; with ``placement=add`` it keeps the question's uid and joins the group
+  (LUFFY/SRFT).
+- ``demo_off``: ``hpt_row_kind`` = ``RowKind.OFF_POLICY_DEMO`` (the loss's ``demo_off`` arm),
+  always the question's uid: it joins the group, so verl's GRPO advantage is over rollouts ∪
+  demonstration (Table 5 Mix/ON, OFF/ON).
 
 With both, the ``demo`` row comes first. Both rows carry the same tokens, score and extras.
 
@@ -38,11 +41,16 @@ from verl import DataProto
 
 from verl_ext.hpt.demonstrations import build_demo_rows
 from verl_ext.hpt.gate import PLACEMENTS, QuestionStats
+from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
+from verl_ext.loss.config import DEMO_ARMS
 
-IS_DEMO = "hpt_is_demo"
-ROW_WEIGHT = "hpt_row_weight"
 DEMO_UID_SUFFIX = "::demo"
 PAD_UID_PREFIX = "__hpt_pad__"
+
+
+def _kinds(kind: RowKind, n: int) -> torch.Tensor:
+    """(n,) int64 ``hpt_row_kind`` values, all ``kind``."""
+    return torch.full((n,), int(kind), dtype=torch.int64)
 
 
 @dataclass
@@ -51,12 +59,9 @@ class MergeStats:
     num_gated: int  # questions with demonstration rows (β > 0)
     num_rl: int  # questions whose rollouts are kept (α > 0)
     rollout_rows: int
-    demo_rows: int  # all demonstration rows (hpt_is_demo 1 and 2)
+    demo_rows: int  # all demonstration rows (SFT_DEMO and OFF_POLICY_DEMO)
     demo_truncated: int = 0
-    demo_off_rows: int = 0  # of which demo_off rows (hpt_is_demo 2)
-
-
-DEMO_CODES = {"demo": 1.0, "demo_off": 2.0}  # hpt_is_demo per demonstration arm (verl_ext.loss.ARM_CODES)
+    demo_off_rows: int = 0  # of which demo_off rows (OFF_POLICY_DEMO)
 
 
 def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarray, beta: np.ndarray,
@@ -73,10 +78,10 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"placement={placement!r} is not one of {list(PLACEMENTS)}")
-    if isinstance(demo_arms, str) or not demo_arms or any(a not in DEMO_CODES for a in demo_arms) \
+    if isinstance(demo_arms, str) or not demo_arms or any(a not in DEMO_ARMS for a in demo_arms) \
             or len(set(demo_arms)) != len(demo_arms):
-        raise ValueError(f"demo_arms={demo_arms!r} must be a non-empty list of distinct values from {list(DEMO_CODES)}")
-    arms = [a for a in DEMO_CODES if a in demo_arms]  # demo row before demo_off row
+        raise ValueError(f"demo_arms={demo_arms!r} must be a non-empty list of distinct values from {list(DEMO_ARMS)}")
+    arms = [a for a in DEMO_ARMS if a in demo_arms]  # demo row before demo_off row
     q = len(stats.uids)
     alpha = np.asarray(alpha, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
@@ -102,21 +107,21 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
         row_q = np.empty(len(batch), dtype=np.int64)
         for qi, rows in enumerate(stats.rows):
             row_q[rows] = qi
-        roll.batch[ROW_WEIGHT] = torch.as_tensor(alpha[row_q[roll_rows]], dtype=torch.float32)
-        roll.batch[IS_DEMO] = torch.zeros(len(roll_rows), dtype=torch.float32)
+        roll.batch[HPT_ROW_WEIGHT] = torch.as_tensor(alpha[row_q[roll_rows]], dtype=torch.float32)
+        roll.batch[HPT_ROW_KIND] = _kinds(RowKind.ROLLOUT, len(roll_rows))
         parts.append(roll)
     if len(gated):
         template = batch.select_idxs(stats.first_row[gated])
         demos = build_demo_rows(template, [demo_ids[i] for i in gated], pad_token_id,
                                 scores=None if demo_scores is None else [demo_scores[i] for i in gated])
-        demos.batch[ROW_WEIGHT] = torch.as_tensor(beta[gated], dtype=torch.float32)
+        demos.batch[HPT_ROW_WEIGHT] = torch.as_tensor(beta[gated], dtype=torch.float32)
         for key, values in (demo_extra or {}).items():
             if key in demos.non_tensor_batch:
                 demos.non_tensor_batch[key] = np.asarray([values[i] for i in gated],
                                                          dtype=demos.non_tensor_batch[key].dtype)
         for k, arm in enumerate(arms):
             rows = demos if k == len(arms) - 1 else demos.select_idxs(np.arange(len(gated)))  # a copy
-            rows.batch[IS_DEMO] = torch.full((len(gated),), DEMO_CODES[arm], dtype=torch.float32)
+            rows.batch[HPT_ROW_KIND] = _kinds(RowKind.of_arm(arm), len(gated))
             if arm == "demo" and placement == "replace":
                 rows.non_tensor_batch["uid"] = np.asarray(
                     [f"{u}{DEMO_UID_SUFFIX}" for u in rows.non_tensor_batch["uid"]], dtype=object)
@@ -147,7 +152,7 @@ def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProt
     if multiple <= 1 or len(batch) % multiple == 0:
         return batch, 0
     n_pad = multiple - len(batch) % multiple
-    if ROW_WEIGHT not in batch.batch.keys() or IS_DEMO not in batch.batch.keys():
+    if HPT_ROW_WEIGHT not in batch.batch.keys() or HPT_ROW_KIND not in batch.batch.keys():
         # The rows' own HPT keys are added to a copy: the caller's batch keeps its keys.
         batch = batch.select_idxs(np.arange(len(batch)))
     idx = np.full(n_pad, len(batch) - 1, dtype=np.int64)
@@ -158,13 +163,13 @@ def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProt
     for key in ("advantages", "returns", "token_level_scores", "token_level_rewards"):
         if key in pad.batch.keys():
             pad.batch[key] = torch.zeros_like(pad.batch[key])
-    pad.batch[ROW_WEIGHT] = torch.zeros(n_pad, dtype=torch.float32)
-    if IS_DEMO not in pad.batch.keys():
-        pad.batch[IS_DEMO] = torch.zeros(n_pad, dtype=torch.float32)
-    if ROW_WEIGHT not in batch.batch.keys():
-        batch.batch[ROW_WEIGHT] = torch.ones(len(batch), dtype=torch.float32)
-    if IS_DEMO not in batch.batch.keys():
-        batch.batch[IS_DEMO] = torch.zeros(len(batch), dtype=torch.float32)
+    pad.batch[HPT_ROW_WEIGHT] = torch.zeros(n_pad, dtype=torch.float32)
+    if HPT_ROW_KIND not in pad.batch.keys():
+        pad.batch[HPT_ROW_KIND] = _kinds(RowKind.ROLLOUT, n_pad)
+    if HPT_ROW_WEIGHT not in batch.batch.keys():
+        batch.batch[HPT_ROW_WEIGHT] = torch.ones(len(batch), dtype=torch.float32)
+    if HPT_ROW_KIND not in batch.batch.keys():
+        batch.batch[HPT_ROW_KIND] = _kinds(RowKind.ROLLOUT, len(batch))
     # Own uid per pad row (position-based, so the trainer's two padding passes never collide).
     pad.non_tensor_batch["uid"] = np.asarray([f"{PAD_UID_PREFIX}{len(batch) + i}" for i in range(n_pad)],
                                              dtype=object)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from verl_ext.hpt.merge import IS_DEMO, ROW_WEIGHT
+from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
 
 
 def hpt_step_metrics(merged, stats, alpha: np.ndarray, beta: np.ndarray, state: dict, truncated: int) -> dict:
@@ -28,8 +28,9 @@ def hpt_step_metrics(merged, stats, alpha: np.ndarray, beta: np.ndarray, state: 
         m[f"hpt/pass_rate_hist/{k}"] = float(((stats.correct == k) & (stats.n == n_mode)).mean()) if q else 0.0
     td = merged.batch
     lengths = td["response_mask"].sum(-1).float()
-    demo = td[IS_DEMO] > 0.5 if IS_DEMO in td.keys() else torch.zeros(len(lengths), dtype=torch.bool)
-    live = td[ROW_WEIGHT] > 0 if ROW_WEIGHT in td.keys() else torch.ones(len(lengths), dtype=torch.bool)
+    demo = (td[HPT_ROW_KIND] != RowKind.ROLLOUT if HPT_ROW_KIND in td.keys()
+            else torch.zeros(len(lengths), dtype=torch.bool))  # (B,) demonstration rows
+    live = td[HPT_ROW_WEIGHT] > 0 if HPT_ROW_WEIGHT in td.keys() else torch.ones(len(lengths), dtype=torch.bool)
     total = float(lengths[live].sum())
     m["hpt/demo_token_share"] = float(lengths[live & demo].sum()) / total if total else 0.0
     m["hpt/rows/rollout"] = int((live & ~demo).sum())

@@ -14,9 +14,10 @@ from verl_ext.loss import policy_loss as _policy_loss  # noqa: F401  (registers 
 from verl_ext.loss.actor_loss import hpt_actor_loss
 from verl_ext.loss.batch_keys import (
     ALL_TOTAL_KEYS,
-    ARM_CODES,
-    HPT_IS_DEMO,
+    ARM_KINDS,
+    HPT_ROW_KIND,
     HPT_ROW_WEIGHT,
+    RowKind,
     annotate_arm_token_counts,
     mini_batch_ids,
 )
@@ -32,9 +33,10 @@ from verl_ext.loss.upge import (
 
 __all__ = [
     "ALL_TOTAL_KEYS",
-    "ARM_CODES",
-    "HPT_IS_DEMO",
+    "ARM_KINDS",
+    "HPT_ROW_KIND",
     "HPT_ROW_WEIGHT",
+    "RowKind",
     "UPGEArmConfig",
     "UPGEConfigError",
     "UPGELossConfig",

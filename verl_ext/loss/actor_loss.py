@@ -6,8 +6,8 @@ Bind it once and hand it to the actor (``ActorRolloutRefWorker.set_loss_fn`` / `
 
 verl's engine calls ``loss_fn(model_output=..., data=micro_batch, dp_group=...)`` once per
 micro-batch and back-propagates each result undivided (no 1/gradient-accumulation factor); FSDP
-then averages gradients over the D DP ranks. Each row belongs to one arm (``hpt_is_demo`` 0
-rollout, 1 demo, 2 demo_off; see :mod:`verl_ext.loss.batch_keys`), and the micro-batch loss is
+then averages gradients over the D DP ranks. Each row belongs to one arm (``hpt_row_kind``, a
+``RowKind``: 0 rollout, 1 demo, 2 demo_off; see :mod:`verl_ext.loss.batch_keys`), and the micro-batch loss is
 
     L = s · ( Σ_arm [coef_arm · agg_arm(w ⊙ ℓ_arm) + c_N,arm · agg_N,arm(w ⊙ e^{κ_N H̄} ⊙ (−log π_θ))]
               −  c_H · agg_H(H)  [+ c_KL · agg(KL)] )
@@ -70,11 +70,11 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from verl_ext.loss.batch_keys import (
     ALL_TOTAL_KEYS,
-    ARM_CODES,
+    ARM_KINDS,
     ARM_TOTAL_KEYS,
-    HPT_IS_DEMO,
+    HPT_ROW_KIND,
     HPT_ROW_WEIGHT,
-    row_arm_codes,
+    row_kinds,
 )
 from verl_ext.loss.config import ARM_NAMES, DEMO_ARMS, UPGELossConfig
 from verl_ext.loss.upge import UPGETokenTerms, row_mean_entropy, upge_arm_loss
@@ -128,7 +128,7 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     )
 
     fields = ["response_mask", "old_log_probs", "advantages"]
-    fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_IS_DEMO, HPT_ROW_WEIGHT) if k in data.keys()]
+    fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_ROW_KIND, HPT_ROW_WEIGHT) if k in data.keys()]
     score_key = _check_row_inputs(upge, data, entropy is not None)
     if score_key is not None:
         fields.append(score_key)
@@ -141,10 +141,10 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     num_rows = response_mask.shape[0]
     old_log_prob, advantages = td["old_log_probs"], td["advantages"]  # (B, T), (B, T)
     arm_code = (
-        row_arm_codes(td[HPT_IS_DEMO].reshape(num_rows))
-        if HPT_IS_DEMO in td.keys()
+        row_kinds(td[HPT_ROW_KIND].reshape(num_rows))
+        if HPT_ROW_KIND in td.keys()
         else torch.zeros(num_rows, dtype=torch.int64, device=response_mask.device)
-    )  # (B,) 0 rollout, 1 SFT demonstration, 2 off-policy demonstration
+    )  # (B,) RowKind: 0 rollout, 1 SFT demonstration, 2 off-policy demonstration
     row_weight = td[HPT_ROW_WEIGHT].reshape(num_rows).to(log_prob.dtype) if HPT_ROW_WEIGHT in td.keys() else None
     live = row_weight > 0 if row_weight is not None else torch.ones(num_rows, dtype=torch.bool, device=arm_code.device)
     valid = response_mask & live.unsqueeze(-1)  # (B, T): tokens of non-padding rows
@@ -160,7 +160,7 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     policy_loss = torch.where(valid, log_prob, 0.0).sum() * 0.0
     local_tokens = {}
     for name in ARM_NAMES:
-        rows = live & (arm_code == ARM_CODES[name])
+        rows = live & (arm_code == ARM_KINDS[name])
         n_rows = int(rows.sum())
         arm = upge.arm(name)
         if arm is None:
