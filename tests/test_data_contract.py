@@ -378,7 +378,7 @@ def test_rows_validation_accepts_never_crash_gate_and_merge(tmp_path, char_tok, 
         # the trainer's own hook on the same rows (reads extra_info.index and the demonstration)
         t = _bare_trainer(char_tok, gate=cfg)
         metrics: dict = {}
-        t._gate_and_merge(_batch_for(picked, spec, seed=seed * 10 + trial), metrics)
+        t._gate_and_merge(_batch_for(picked, spec, seed=seed * 10 + trial), metrics)  # returns the merged batch
         assert metrics["hpt/demo_missing"] >= 0
         ids_logged = t.hpt_state["batch_indices"]["7"]
         expected = [r["extra_info"].get("index", -1) for r in picked]

@@ -93,7 +93,7 @@ def _merged(tok, demos):
     t = _bare_trainer(tok, gate=GateConfig(strategy="always"))
     t.config = _config()
     metrics = {}
-    t._gate_and_merge(batch, metrics)
+    batch = t._gate_and_merge(batch, metrics)
     assert int((batch.batch[HPT_ROW_KIND] > 0).sum()) == len(demos) == len(batch)
     return batch, stand_in, metrics
 

@@ -354,7 +354,13 @@ def test_gated_question_without_demonstration_falls_back_to_rl(char_tok):
         infos[r] = dict(infos[r], target="  ")
     t = _bare_trainer(char_tok)
     metrics = {}
-    t._gate_and_merge(batch, metrics)
+    before = {k: v.clone() for k, v in batch.batch.items()}, {k: v.copy() for k, v in batch.non_tensor_batch.items()}
+    merged = t._gate_and_merge(batch, metrics)
+    # the caller's batch is only read: the merged batch is a new one
+    assert set(batch.batch.keys()) == set(before[0])
+    assert all(torch.equal(batch.batch[k], v) for k, v in before[0].items())
+    assert all((batch.non_tensor_batch[k] == v).all() for k, v in before[1].items())
+    batch = merged
     assert metrics["hpt/demo_missing"] == 2 and t.hpt_state["demo_missing"] == 2
     assert metrics["hpt/rows/demo"] == 0  # nothing left for SFT
     assert metrics["hpt/rows/rollout"] == 16  # every question trained with RL (α = 1)

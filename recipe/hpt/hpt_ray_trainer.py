@@ -1,35 +1,54 @@
 """RayHPTTrainer: verl's ``RayPPOTrainer`` with HPT's gate and demonstration merge.
 
-Where it hooks verl's V0 step (``verl/trainer/ppo/ray_trainer.py::RayPPOTrainer.fit``, 0.9.1):
+One HPT training step rides verl's V0 step (``verl/trainer/ppo/ray_trainer.py::RayPPOTrainer.fit``,
+0.9.1) through the hooks below, in the order ``fit`` calls them; everything between them is verl's
+unchanged code. "Breaks if" says what to re-check when verl changes.
 
-1. ``_balance_batch`` — called by ``fit`` right after ``batch.repeat(n).union(gen_batch_output)``,
-   when every rollout already carries its verified score (``rm_scores`` from verl's reward loop)
-   and *before* ``extract_reward``, old-log-prob, advantage and update. The override computes each
-   question's pass rate, gates it (:mod:`verl_ext.hpt.gate`), rewrites the batch in place into the
-   merged batch (:mod:`verl_ext.hpt.merge`: kept rollouts + demonstration rows, flagged per row),
-   pads it to the actor's DP size with inert rows, then runs verl's own balancing. Everything after
-   it (old log-probs, GRPO advantage per uid, update) is verl's unchanged code on the merged batch.
-   Chosen over copying ``fit`` (~400 lines to keep in sync, as verl's DAPO recipe does) and over
-   wrapping the rollout manager (whose output must keep the row count, since ``fit`` unions it
-   with the n-times repeated prompts).
-2. ``_update_actor`` — pads the batch to a multiple of the global mini-batch
-   (``ppo_mini_batch_size * rollout.n`` rows, verl's ``make_iterator`` requires it) with inert
-   rows and annotates the per-arm token totals the HPT loss normalises by. The number of
-   optimizer steps per training step is therefore ceil(rows / mini-batch): as in the release,
-   it shrinks when many questions are gated to a single SFT row.
-3. ``init_workers`` — for ``hpt.gate.strategy=always`` (SFT baseline) the rollout manager is
-   wrapped so training batches get demonstration "rollouts" without any generation.
-4. ``_save_checkpoint`` / ``_load_checkpoint`` — also persist ``hpt_state`` (cumulative gate
-   statistics, per-step dataset indices and gate decisions, skip counters), written before verl's
-   ``latest_checkpointed_iteration.txt`` so a checkpoint that the tracker names is complete.
+0. ``_start_profiling``: raises the armed stop (``hpt.max_consecutive_skips``) before the next step.
+   Breaks if verl calls it from ``_validate`` too, or no longer first in each step.
+1. ``_balance_batch`` (``fit`` calls it only with ``trainer.balance_batch=true``):
+   :meth:`RayHPTTrainer._gate_and_merge` (gate → demonstrations → merge → metrics), then inert
+   padding rows (:meth:`_row_divisor`), then verl's own balancing of the merged batch. Breaks if verl
+   calls it before ``rm_scores`` exist or after ``extract_reward``/old log-probs, not exactly once per
+   step, or stops reusing the batch object it passed in.
+2. ``_compute_old_log_prob``: demonstration rows' ``rollout_log_probs`` := the actor's (neutral for
+   rollout correction); mismatch metrics over sampled rows only. Breaks if verl renames
+   ``rollout_log_probs``/``old_log_probs`` or computes its mismatch metrics elsewhere.
+3. ``_update_actor``: per-arm token totals per global mini-batch (``annotate_arm_token_counts``),
+   skipped-step accounting, infinite ratio metrics dropped. Breaks if verl cuts mini-batches
+   differently (``make_iterator``, shuffle) or renames the ``actor/*`` skip flags.
+4. ``init_workers``: the SFT-only baseline (``strategy=always``) gets demonstration "rollouts" and
+   deferred weight pushes. Breaks if verl renames ``async_rollout_manager``/``checkpoint_manager``
+   or their methods.
+5. ``_save_checkpoint`` / ``_load_checkpoint``: ``hpt_state.json`` written before verl's tracker
+   file, restored after its load. Breaks if verl moves the tracker write or the
+   ``global_step_<n>`` folder layout.
 
-Reliability (issue 8): a gated question without a usable demonstration falls back to RL (α = 1,
-β = 0; ``hpt/demo_missing``); the grader's ``timeout``/``grader_error`` reward extras are summed
-into ``hpt/reward/*``; optimizer steps skipped by the worker's step guard (non-finite loss or
-gradient) are counted (``hpt/skipped_steps``) and ``hpt.max_consecutive_skips`` of them in a row
-stop the run with an error from ``_start_profiling``, the first call of the next training step
-(the failing step's metrics, and its validation on a ``test_freq`` step, are logged first); the
-data-validation counts are logged at the first step; ``hpt_summary.json`` (in
+Hook 1 is the step itself, read top to bottom in :meth:`RayHPTTrainer._gate_and_merge`:
+
+1. gate (:mod:`verl_ext.hpt.gate`): each question's pass rate over its rollouts' ``rm_scores``
+   → weights (α_q, β_q);
+2. demonstrations (:mod:`verl_ext.hpt.demonstrations`): a gated question without a usable one is
+   trained with RL instead (α = 1, β = 0; ``hpt/demo_missing``); the others are encoded after
+   their prompt and scored with the run's reward (:class:`verl_ext.hpt.demo_scoring.DemoScorer`);
+3. merge (:mod:`verl_ext.hpt.merge`): kept rollouts + demonstration rows, each flagged with its
+   ``RowKind`` and weight, as a new batch (the input batch is only read);
+4. metrics: ``hpt/*`` step metrics and the cumulative ``hpt_state``.
+
+``_hpt_balance_batch`` then pads the merged batch and makes the one in-place replacement verl
+needs (:func:`_replace_in_place`: ``fit`` keeps using the batch object it passed to the hook).
+Chosen over copying ``fit`` (~400 lines to keep in sync, as verl's DAPO recipe does) and over
+wrapping the rollout manager (whose output must keep the row count, since ``fit`` unions it with
+the n-times repeated prompts). Padding happens once, in hook 1, to whole mini-batches and DP /
+micro-batch shares, so the number of optimizer steps per training step is ceil(rows / mini-batch):
+as in the release, it shrinks when many questions are gated to a single SFT row.
+
+Reliability (issue 8): the grader's ``timeout``/``grader_error`` reward extras are summed into
+``hpt/reward/*``; optimizer steps skipped by the worker's step guard (non-finite loss or
+gradient, or a pre-clip norm above ``hpt.skip_grad_norm_above``) are counted
+(``hpt/skipped_steps``) and ``hpt.max_consecutive_skips`` of them in a row stop the run from
+hook 0 (the failing step's metrics, and its validation on a ``test_freq`` step, are logged
+first); the data-validation counts are logged at the first step; ``hpt_summary.json`` (in
 ``trainer.default_local_dir``) summarises the run when ``fit`` ends, normally or not.
 
 Requires ``trainer.balance_batch=true`` (verl's default): that flag is what makes ``fit`` call
@@ -55,7 +74,13 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl_ext.data.contract import demo_field_of
 from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
-from verl_ext.hpt.demonstrations import encode_demonstrations, prompt_token_ids, usable_demonstrations
+from verl_ext.hpt.demonstrations import (
+    GatedDemonstrations,
+    encode_demonstrations,
+    prompt_token_ids,
+    route_to_rl,
+    usable_demonstrations,
+)
 from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import hpt_step_metrics
 from verl_ext.hpt.validation import max_consecutive_skips
@@ -186,7 +211,7 @@ class RayHPTTrainer(RayPPOTrainer):
             "batch_indices": {}, "gate_decisions": {},
         }
 
-    # ------------------------------------------------------------------ hook 1: gate + merge
+    # ------------------------------------------------------------------ hook 1: gate + merge + pad
     def _balance_batch(self, batch: DataProto, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
         # HPT's bookkeeping (gate, merge, padding and verl's balancing) timed as one phase, so its
         # share of the step (timing_s/step) is measured in the same run (scripts/bench).
@@ -210,14 +235,14 @@ class RayHPTTrainer(RayPPOTrainer):
                 "when reward.reward_model.enable_resource_pool=true; a colocated reward model scores later and "
                 "is refused at start-up (recipe.hpt.hpt_ray_trainer.unsupported_settings).")
         self._count_reward_flags(batch, metrics)
-        self._gate_and_merge(batch, metrics)
+        merged = self._gate_and_merge(batch, metrics)
         # Pad once, here, to whole mini-batches and whole DP/micro-batch shares, *before* verl's
         # balancing: the inert rows are then placed by the balancer like any other row. Rows
         # appended after it would shift every DP rank's contiguous share and undo the balance.
-        padded, n_pad = pad_with_zero_weight_rows(batch, self._row_divisor())
-        if n_pad:
-            _replace_in_place(batch, padded)
+        merged, n_pad = pad_with_zero_weight_rows(merged, self._row_divisor())
         metrics["hpt/pad_rows"] = n_pad
+        # The one in-place change: fit goes on with the object it passed to this hook.
+        _replace_in_place(batch, merged)
         self._step_metrics = metrics  # this step's dict: see _compute_old_log_prob
         sync = getattr(self, "checkpoint_manager", None)
         if hasattr(sync, "deferred"):  # SFT-only baseline: DeferredWeightSync
@@ -225,81 +250,87 @@ class RayHPTTrainer(RayPPOTrainer):
             metrics["hpt/cumulative/weight_pushes_deferred"] = sync.deferred
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
-    def _gate_and_merge(self, batch: DataProto, metrics: dict) -> None:
+    def _gate_and_merge(self, batch: DataProto, metrics: dict) -> DataProto:
+        """HPT's step on ``fit``'s batch (rollouts with their scores): gate → demonstrations →
+        merge → metrics (see the module docstring). Returns the merged batch; ``batch`` is only
+        read. Demonstration rows keep a ``rollout_log_probs`` placeholder (zeros, from the merge):
+        the key must stay for every row or verl drops the mismatch metric and rollout correction for
+        the whole step; ``_compute_old_log_prob`` overwrites it with the actor's own log-probs."""
+        stats, question_ids, alpha, beta = self._gate(batch)
+        demos, alpha, beta = self._demonstrations(batch, stats, alpha, beta, question_ids)
+        merged, mstats = merge_demonstrations(
+            batch, stats, alpha, beta, demos.ids, self._pad_token_id(), placement=self.gate_config.placement,
+            demo_scores=demos.scores, demo_extra=demos.extra, demo_arms=self.gate_config.demo_arms)
+        self._record_step(metrics, merged, stats, mstats, alpha, beta, demos, question_ids)
+        return merged
+
+    def _gate(self, batch: DataProto):
+        """Phase 1: per-question statistics of the rollouts' scores and the gate's (α, β)."""
         cfg = self.gate_config
         scores = batch.batch["rm_scores"].sum(-1).float().numpy()
         stats = question_stats(batch.non_tensor_batch["uid"], scores, cfg.correct_threshold)
         infos = batch.non_tensor_batch.get("extra_info")
-        question_indices = [question_id(infos[int(r)] if infos is not None else None) for r in stats.first_row]
+        question_ids = [question_id(infos[int(r)] if infos is not None else None) for r in stats.first_row]
         alpha, beta = gate_by_pass_rate(stats.correct, stats.n, cfg)
-        alpha, beta, missing = self._demo_fallback(batch, stats, alpha, beta, question_indices)
+        return stats, question_ids, alpha, beta
 
+    def _demonstrations(self, batch: DataProto, stats, alpha: np.ndarray, beta: np.ndarray,
+                        question_ids: list) -> tuple[GatedDemonstrations, np.ndarray, np.ndarray]:
+        """Phase 2: the gated questions' demonstrations, encoded after their prompts and scored.
+        A gated question without a usable one (missing, empty, not a string) is routed to RL
+        (α = 1, β = 0): returns the demonstrations and the (new) weights."""
         gated = np.flatnonzero(beta > 0)
-        demo_ids: list[Optional[list[int]]] = [None] * len(stats.uids)
-        demo_scores = [0.0] * len(stats.uids)
-        demo_extra: dict[str, list] = {}
-        truncated = 0
-        overlaps: list[int] = []
-        if len(gated):
-            extra_infos = batch.non_tensor_batch["extra_info"]
-            targets = [extra_infos[int(stats.first_row[q])][self.demo_field] for q in gated]
-            # Each demonstration follows its question's templated prompt: a start that the prompt
-            # already ends with (a template's "<think>\n" and an R1 demonstration's) is held once.
-            ids, truncated = encode_demonstrations(
-                self.tokenizer, targets, int(self.config.actor_rollout_ref.rollout.response_length),
-                prompt_ids=prompt_token_ids(batch, stats.first_row[gated]), overlaps=overlaps)
-            for q, i in zip(gated, ids):
-                demo_ids[q] = i
-            scored = self._demo_scorer.score(batch, stats.first_row[gated], targets)
-            for q, s in zip(gated, scored):
-                demo_scores[q] = float(s.get("score", 0.0))
-            for key in batch.meta_info.get("reward_extra_keys", []) or []:
-                demo_extra[key] = [None] * len(stats.uids)
-                for q, s in zip(gated, scored):
-                    demo_extra[key][q] = s.get(key, demo_scores[q])
-        merged, mstats = merge_demonstrations(
-            batch, stats, alpha, beta, demo_ids, self._pad_token_id(), placement=cfg.placement,
-            demo_scores=demo_scores, demo_extra=demo_extra, demo_arms=cfg.demo_arms)
-        # Demonstration rows keep a ``rollout_log_probs`` placeholder (zeros, from the merge): the
-        # key must stay for every row or verl drops the mismatch metric and rollout correction for
-        # the whole step. ``_compute_old_log_prob`` overwrites it with the actor's own log-probs.
-        _replace_in_place(batch, merged)
+        texts = usable_demonstrations(batch.non_tensor_batch.get("extra_info"), stats.first_row[gated],
+                                      self.demo_field)
+        demos = GatedDemonstrations.empty(len(stats.uids))
+        demos.missing = [int(q) for q, text in zip(gated, texts) if text is None]
+        if demos.missing:
+            alpha, beta = route_to_rl(alpha, beta, demos.missing)
+            logger.warning("HPT step %s: %d gated question(s) have no usable extra_info[%r] demonstration "
+                           "(dataset indices %s); they are trained with RL instead", self.global_steps,
+                           len(demos.missing), self.demo_field, [question_ids[q] for q in demos.missing][:10])
+        kept = [(int(q), text) for q, text in zip(gated, texts) if text is not None]
+        if not kept:
+            return demos, alpha, beta
+        questions, targets = [q for q, _ in kept], [text for _, text in kept]
+        rows = stats.first_row[questions]
+        # Each demonstration follows its question's templated prompt: a start that the prompt
+        # already ends with (a template's "<think>\n" and an R1 demonstration's) is held once.
+        ids, demos.truncated = encode_demonstrations(
+            self.tokenizer, targets, int(self.config.actor_rollout_ref.rollout.response_length),
+            prompt_ids=prompt_token_ids(batch, rows), overlaps=demos.overlaps)
+        scored = self._demo_scorer.score(batch, rows, targets)
+        for q, i, s in zip(questions, ids, scored):
+            demos.ids[q], demos.scores[q] = i, float(s.get("score", 0.0))
+        for key in batch.meta_info.get("reward_extra_keys", []) or []:
+            demos.extra[key] = [None] * len(stats.uids)
+            for q, s in zip(questions, scored):
+                demos.extra[key][q] = s.get(key, demos.scores[q])
+        return demos, alpha, beta
 
-        self.hpt_state["questions"] += mstats.num_questions
-        self.hpt_state["gated"] += mstats.num_gated
-        self.hpt_state["steps"] += 1
-        self.hpt_state["demo_truncated"] += truncated
-        self.hpt_state["demo_missing"] += len(missing)
+    def _record_step(self, metrics: dict, merged: DataProto, stats, mstats, alpha: np.ndarray, beta: np.ndarray,
+                     demos: GatedDemonstrations, question_ids: list) -> None:
+        """Phase 4: this step's ``hpt/*`` metrics and the cumulative ``hpt_state``."""
+        st = self.hpt_state
+        st["questions"] += mstats.num_questions
+        st["gated"] += mstats.num_gated
+        st["steps"] += 1
+        st["demo_truncated"] += demos.truncated
+        st["demo_missing"] += len(demos.missing)
         # Dataset indices of this step's questions and the gate's decisions for them (number of
         # correct rollouts, routed to SFT or not): the data order and the gating are auditable
         # and comparable across resumes.
         step = str(self.global_steps)
-        self.hpt_state.setdefault("batch_indices", {})[step] = question_indices
-        self.hpt_state.setdefault("gate_decisions", {})[step] = {
+        st.setdefault("batch_indices", {})[step] = question_ids
+        st.setdefault("gate_decisions", {})[step] = {
             "correct": [int(c) for c in stats.correct],
             "sft": [int(b > 0) for b in beta],
-            "demo_missing": [question_indices[q] for q in missing],
+            "demo_missing": [question_ids[q] for q in demos.missing],
         }
-        metrics.update(hpt_step_metrics(batch, stats, alpha, beta, self.hpt_state, truncated))
-        metrics["hpt/demo_missing"] = len(missing)
-        metrics["hpt/demo_prefix_overlap"] = sum(1 for n in overlaps if n)  # demonstrations whose start was dropped
-        metrics["hpt/cumulative/demo_missing"] = self.hpt_state["demo_missing"]
-
-    def _demo_fallback(self, batch: DataProto, stats, alpha: np.ndarray, beta: np.ndarray,
-                       question_indices: list) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """Route gated questions without a usable demonstration (missing, empty, not a string) to
-        RL instead (α = 1, β = 0); returns the new weights and those questions' positions."""
-        gated = np.flatnonzero(beta > 0)
-        texts = usable_demonstrations(batch.non_tensor_batch.get("extra_info"), stats.first_row[gated],
-                                      self.demo_field)
-        missing = [int(q) for q, text in zip(gated, texts) if text is None]
-        if missing:
-            alpha, beta = alpha.copy(), beta.copy()
-            alpha[missing], beta[missing] = 1.0, 0.0
-            logger.warning("HPT step %s: %d gated question(s) have no usable extra_info[%r] demonstration "
-                           "(dataset indices %s); they are trained with RL instead", self.global_steps,
-                           len(missing), self.demo_field, [question_indices[q] for q in missing][:10])
-        return alpha, beta, missing
+        metrics.update(hpt_step_metrics(merged, stats, alpha, beta, st, demos.truncated))
+        metrics["hpt/demo_missing"] = len(demos.missing)
+        metrics["hpt/demo_prefix_overlap"] = sum(1 for n in demos.overlaps if n)  # starts dropped (prompt holds them)
+        metrics["hpt/cumulative/demo_missing"] = st["demo_missing"]
 
     def _count_reward_flags(self, batch: DataProto, metrics: dict) -> None:
         """Sum the grader's per-answer flags (timeouts, crashes; both scored 0) of this step's rollouts."""
@@ -342,7 +373,7 @@ class RayHPTTrainer(RayPPOTrainer):
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    # ------------------------------------------------------------------ hook 1b: old log-probs
+    # ------------------------------------------------------------------ hook 2: old log-probs
     def _compute_old_log_prob(self, batch: DataProto):
         """verl's old-log-prob pass, then demonstration rows' ``rollout_log_probs`` := the actor's.
 
@@ -372,7 +403,7 @@ class RayHPTTrainer(RayPPOTrainer):
                 self._rollout_debug_metrics = calculate_debug_metrics(view)
         return old_log_prob, mfu
 
-    # ------------------------------------------------------------------ hook 2: pad + annotate
+    # ------------------------------------------------------------------ hook 3: totals + skips
     def _update_actor(self, batch: DataProto) -> DataProto:
         from verl_ext.loss.batch_keys import annotate_arm_token_counts
 
@@ -532,7 +563,8 @@ class RayHPTTrainer(RayPPOTrainer):
 
 
 def _replace_in_place(target: DataProto, source: DataProto) -> None:
-    """``fit`` holds a reference to its batch object: mutate it rather than return a new one."""
+    """``fit`` holds a reference to its batch object: make it hold ``source``'s rows (hook 1's one
+    in-place change; verl's own ``_balance_batch`` likewise reorders in place)."""
     target.batch = source.batch
     target.non_tensor_batch = source.non_tensor_batch
     target.meta_info.update(source.meta_info)

@@ -23,8 +23,10 @@ the SFT-only stand-in (:mod:`verl_ext.hpt.demo_rollout`: :func:`left_pad_prompts
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from verl import DataProto
 
@@ -64,6 +66,30 @@ def usable_demonstrations(extra_infos: Optional[Sequence], rows: Sequence[int], 
         value = demonstration_of(extra_infos[int(r)], demo_field) if extra_infos is not None else None
         out.append(value if is_usable(value) else None)
     return out
+
+
+def route_to_rl(alpha: np.ndarray, beta: np.ndarray, questions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """New (α, β) with ``questions`` (gated, but without a usable demonstration) trained with RL
+    instead: α = 1, β = 0. The inputs are left unchanged."""
+    alpha, beta = np.array(alpha, copy=True), np.array(beta, copy=True)
+    alpha[list(questions)], beta[list(questions)] = 1.0, 0.0
+    return alpha, beta
+
+
+@dataclass
+class GatedDemonstrations:
+    """One step's demonstrations, per question of the batch (``None``/0 where a question has none)."""
+
+    ids: list  # token ids (+EOS) of each gated question's demonstration, None elsewhere
+    scores: list  # the run's reward of each demonstration (0.0 where none)
+    extra: dict = field(default_factory=dict)  # reward extra key -> per-question values
+    missing: list = field(default_factory=list)  # gated questions without a usable demonstration
+    truncated: int = 0  # demonstrations cut to the response length
+    overlaps: list = field(default_factory=list)  # characters dropped per encoded demonstration
+
+    @classmethod
+    def empty(cls, num_questions: int) -> "GatedDemonstrations":
+        return cls(ids=[None] * num_questions, scores=[0.0] * num_questions)
 
 
 # ------------------------------------------------------------------ continuing the prompt
