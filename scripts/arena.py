@@ -190,7 +190,8 @@ def dynamics(rows: list[dict], offset: int = 0, n: int = 1, max_len: int = 48) -
     """Per-step dynamics and token/time totals of one stage's metrics."""
     dyn = {k: [] for k in DYN_KEYS}
     steps, gen_tokens, trained_tokens, gen_s = [], 0.0, 0.0, 0.0
-    known = [r["hpt/response_length/rl"] for r in rows if r.get("hpt/rows/rollout", 0) and "hpt/response_length/rl" in r]
+    known = [r["hpt/response_length/rl"] for r in rows
+             if r.get("hpt/rows/rollout", 0) and "hpt/response_length/rl" in r]
     for r in rows:
         steps.append(r["step"] + offset)
         # the SFT baseline's rollout manager returns the demonstrations without generating
@@ -257,7 +258,8 @@ def run_one(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, ou
         for i, ((st_method, _), n_steps, st_lr) in enumerate(zip(stages, stage_steps(steps, [f for _, f in stages]),
                                                                   lrs)):
             ov = method_overrides(common, methods, st_method, "cpu")
-            n_roll = next((int(o.split("=")[1]) for o in reversed(ov) if o.startswith("actor_rollout_ref.rollout.n=")), 4)
+            n_roll = next((int(o.split("=")[1]) for o in reversed(ov)
+                           if o.startswith("actor_rollout_ref.rollout.n=")), 4)
             extra = [f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'val.parquet'}",
                      f"actor_rollout_ref.model.path={model}", f"data.train_batch_size={q}",
                      f"actor_rollout_ref.actor.ppo_mini_batch_size={q}", f"actor_rollout_ref.actor.optim.lr={st_lr}",
@@ -295,7 +297,8 @@ def run_one(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, ou
     tmp.replace(path)
     if work_root.exists() and dyn is not None:
         shutil.rmtree(work_root / slug(name) / f"lr{lr_tag(lr)}_s{seed}", ignore_errors=True)
-    print(f"[{name} lr={lr_tag(lr)} s={seed}] val {100 * accuracy(rec['val']):.1f}  test {100 * accuracy(rec['test']):.1f}"
+    print(f"[{name} lr={lr_tag(lr)} s={seed}] val {100 * accuracy(rec['val']):.1f}  "
+          f"test {100 * accuracy(rec['test']):.1f}"
           f"  ood {100 * accuracy(rec['ood']):.1f}  ({rec['wall_s']:.0f}s)", flush=True)
     return rec
 
@@ -319,7 +322,8 @@ def select_lrs(out: Path, methods: dict, names: list[str], lrs: list[float], see
                 grid[f"{lr:g}"] = {"val": accuracy(r["val"]), "test": accuracy(r["test"])}
         if grid:
             best = max(sorted(grid, key=float), key=lambda k: grid[k]["val"])
-            sel[name] = {"grid": grid, "selected": float(best), "criterion": f"validation accuracy (greedy), seed {seed0}"}
+            sel[name] = {"grid": grid, "selected": float(best),
+                         "criterion": f"validation accuracy (greedy), seed {seed0}"}
     for name in names:
         src = lr_sources(methods, name)
         if src is not None and all(s in sel for s in src):
@@ -413,7 +417,8 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     def sig(v):
         if v == "best":
             return "best"
-        return f"{100 * v['diff']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]" + (" *" if v["significant"] else "")
+        return (f"{100 * v['diff']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
+                + (" *" if v["significant"] else ""))
 
     n_test, n_ood = len(any_run["test"]["correct"]), len(any_run["ood"]["correct"])
     head = ("| method | lr | seeds | ID mean ± std | ID 95% CI | " + " | ".join(f"L{lv}" for lv in id_levels)
@@ -428,7 +433,8 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
             + " | ".join(pct(t["levels"][lv]) for lv in id_levels)
             + f" | {sig(t['vs_best'])} | {pct(o['mean'])} ± {pct(o['std'])} | [{pct(o['low'])}, {pct(o['high'])}] | "
             + " | ".join(pct(o["levels"][lv]) for lv in ood_levels)
-            + f" | {sig(o['vs_best'])} | {s['generated_tokens_est']:.0f} | {s['trained_tokens']:.0f} | {s['wall_s']:.0f} |")
+            + f" | {sig(o['vs_best'])} | {s['generated_tokens_est']:.0f} | {s['trained_tokens']:.0f}"
+            + f" | {s['wall_s']:.0f} |")
     sel_lines = ["| method | grid: validation accuracy % (test %) | selected lr |", "|---|---|---|"]
     for name in order:
         if name not in sel:
@@ -455,7 +461,8 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
         md += ["## Degenerate at every grid point (validation < half the base's)", ""]
         for name in degenerate:
             r = json.loads(run_path(out, name, sel[name]["selected"], seed0).read_text())
-            md += [f"- {name}: " + "; ".join(f"`{s['question']}` -> `{s['response'][:60]}`" for s in r.get("samples", [])[:3])]
+            md += [f"- {name}: " + "; ".join(f"`{s['question']}` -> `{s['response'][:60]}`"
+                                            for s in r.get("samples", [])[:3])]
         md.append("")
 
     # pass@k
@@ -510,7 +517,8 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
             c = pass_at_k_curve(counts[lv == level], n_samples, ks)
             block = "ood" if level in ood_levels else "test"
             greedy = stats["base"][block]["levels"].get(int(level), float("nan"))
-            bl.append(f"| {level} | {int((lv == level).sum())} | {pct(greedy)} | " + " | ".join(pct(c[k]) for k in ks) + " |")
+            bl.append(f"| {level} | {int((lv == level).sum())} | {pct(greedy)} | "
+                      + " | ".join(pct(c[k]) for k in ks) + " |")
         (out / "base_passk.md").write_text("\n".join(bl) + "\n")
         md += bl + [""]
 
@@ -588,7 +596,8 @@ def scale_commands(scale_file: Path, common, methods, names, lrs=None, seeds=Non
                         ov = [o for o in ov if not o.startswith("actor_rollout_ref.model.path=")]
                         ov.insert(0, f"actor_rollout_ref.model.path={model}")
                     cmd = ["python", "-m", "recipe.hpt.main_hpt", f"+exp={sc['exp']}", *ov]
-                    out.append({"method": name, "lr": lr, "seed": seed, "stage": i, "overrides": [f"+exp={sc['exp']}", *ov],
+                    out.append({"method": name, "lr": lr, "seed": seed, "stage": i,
+                                "overrides": [f"+exp={sc['exp']}", *ov],
                                 "command": shlex.join(cmd)})
                     model = f"{ckpt}/global_step_{n_steps}/actor/huggingface"
     return out
