@@ -19,6 +19,7 @@ tensor parallelism or NCCL/CUDA-IPC weight transfer.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def _engine_lines(out: str) -> list[str]:
     starts = [i for i, line in enumerate(lines) if "vLLMHttpServer" in line and "'serve'," in line]
     assert starts, "no vLLM server started inside verl's replica"
     window = " ".join(line.split(")", 1)[-1].strip() for line in lines[starts[0]: starts[0] + 12])
+    window = re.sub(r"\x1b\[[0-9;]*m|\[[0-9;]*m", "", window)  # Ray's colour codes
     return [f"verl's vLLMHttpServer launched: {window[:300]}"]
 
 
