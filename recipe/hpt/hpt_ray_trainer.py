@@ -66,7 +66,6 @@ import os
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
@@ -396,10 +395,13 @@ class RayHPTTrainer(RayPPOTrainer):
                 actor_lp = old_log_prob.batch["old_log_probs"]  # (B, T)
                 rollout_lp = batch.batch["rollout_log_probs"]  # (B, T)
                 rollout_lp[demo] = actor_lp[demo].to(rollout_lp.dtype)
-                sampled = torch.nonzero(~demo).flatten()
-                view = batch.select_idxs(sampled.numpy())
-                view.batch["old_log_probs"] = actor_lp[sampled]
-                # No sampled row at all: verl's own "no valid token" answer (valid 0, NaN values).
+                # Only the four tensors the metric reads, for the sampled rows (not a copy of the
+                # whole batch). No sampled row: verl's own "no valid token" answer (valid 0, NaN).
+                sampled = ~demo
+                view = DataProto.from_dict(tensors={
+                    "rollout_log_probs": rollout_lp[sampled], "old_log_probs": actor_lp[sampled],
+                    "response_mask": batch.batch["response_mask"][sampled],
+                    "responses": batch.batch["responses"][sampled]})
                 self._rollout_debug_metrics = calculate_debug_metrics(view)
         return old_log_prob, mfu
 
