@@ -512,3 +512,14 @@ def test_gpu_smoke_settings(composed):
             "hpt.gate.strategy": "switch", "hpt.gate.gamma": 0.5, "actor_rollout_ref.model.use_remove_padding": True}
     for key, value in want.items():
         assert _select(cfg, key) == value, key
+
+
+def test_paper_runs_warn_that_the_release_loss_depends_on_packing_and_the_default_does_not():
+    """hpt_qwen7b reproduces the release exactly (upge=hpt_release, dynamic bsz): main_hpt warns that its
+    SFT arm and entropy bonus are per-micro-batch means; the default preset (upge=hpt) gets no warning."""
+    from recipe.hpt.hpt_ray_trainer import settings_warnings
+
+    warnings = settings_warnings(compose_exp("hpt_qwen7b"))
+    assert len(warnings) == 1 and "hpt.loss.demo" in warnings[0] and "upge=hpt" in warnings[0]
+    default = compose_exp("hpt_qwen7b", ["upge=hpt"])
+    assert default.actor_rollout_ref.actor.use_dynamic_bsz and settings_warnings(default) == []

@@ -304,7 +304,7 @@ def reference_loss(name, batch):
         m_de = masked(batch, de)
         sft = (0.5 * torch.exp(-h_bar[de]) * -logp_all[de] * m_de).sum() / m_de.sum()
         return const_len_sum(-a_on * logp_all, ro) + const_len_sum(-A * off, de) + sft
-    if name in ("hpt_release", "hpt_release_global"):
+    if name in ("hpt", "hpt_release", "hpt_release_global"):
         return const_len_sum(on_policy, ro) + nll_token_mean(de)
     if name == "hpt_release_off":
         p = logp_all.exp()
@@ -339,7 +339,7 @@ def preset_batch(name, seed=0):
 def test_every_preset_has_a_reference():
     assert set(PRESETS) == {
         "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft", "srft_release",
-        "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off",
+        "hpt", "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off",
     }  # fmt: skip
 
 
@@ -389,7 +389,7 @@ def test_ref_self_is_sft_even_when_policy_drifted(stable):
 
 # ---------------------------------------------------------------- mixed batches and micro-batching
 
-MIXED = ["hpt_paper", "hpt_release_global", "luffy", "srft"]
+MIXED = ["hpt", "hpt_paper", "hpt_release_global", "luffy", "srft"]
 
 
 def _single_arm_grad(name, arm_name, batch, rows):
@@ -559,7 +559,7 @@ def test_unknown_row_kind_raises(value):
 # ------------------------------------------------------------------------------------ padding rows
 
 
-@pytest.mark.parametrize("name", ["hpt_paper", "hpt_release_global", "grpo"])
+@pytest.mark.parametrize("name", ["hpt", "hpt_paper", "hpt_release_global", "grpo"])
 def test_zero_weight_padding_rows_change_nothing(name):
     kw = dict(entropy_coeff=0.01, use_kl_loss=True, kl_loss_coef=0.05)
     pad = [6, 7, 8]
@@ -874,7 +874,7 @@ def test_kl_penalty_import_is_verls():
 # ------------------------------------------------------------------ entropy bonus (issue 13 gaps)
 
 
-@pytest.mark.parametrize("name", ["hpt_release", "hpt_release_global"])
+@pytest.mark.parametrize("name", ["hpt", "hpt_release", "hpt_release_global"])
 def test_entropy_bonus_covers_demonstration_tokens(name):
     """The release subtracts c_H · H̄ with H̄ the mean entropy over *every* valid token, demonstration
     tokens included (its ``entropy_loss`` is masked by the response mask only). Both aggregations
@@ -909,3 +909,52 @@ def test_entropy_bonus_sign_and_scale_follow_entropy_coeff():
     torch.testing.assert_close(losses[1] - losses[0], -0.01 * h_bar, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(losses[2] - losses[0], -0.03 * h_bar, rtol=1e-10, atol=1e-12)
     assert float(h_bar) > 0
+
+
+# ------------------------------------------------------------------ the default preset (issue 13)
+
+
+def test_default_preset_is_hpt_and_split_invariant_with_the_entropy_bonus():
+    """The trainer's default loss (upge=hpt) gives one gradient for every micro-batch split and DP size,
+    entropy bonus included; the release-exact preset does not (the test can fail)."""
+    from hydra import compose, initialize_config_dir
+
+    config_dir = os.path.dirname(PRESET_DIR)
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="hpt_trainer")
+    assert load_upge_config(cfg.hpt.loss) == preset("hpt")
+    c_h = float(cfg.actor_rollout_ref.actor.entropy_coeff)
+    assert c_h > 0  # the release's 0.001: the bonus is part of the default loss
+
+    batch = Batch(8, seed=13, demo=[0, 3, 4, 6])
+    splits = ([[0, 1, 2, 3], [4, 5, 6, 7]], [[7, 2], [5, 0, 3], [1, 6, 4]], [[0, 3, 4, 6], [1, 2, 5, 7]])
+
+    def grads(name, coef):
+        fn = upge_loss_fn(preset(name), entropy_coeff=coef)
+        out = [grad(run_loss(batch, fn, batch.tensordict(), one_micro(batch), with_entropy=True)[0], batch)]
+        for split in splits:
+            out.append(grad(run_loss(batch, fn, batch.tensordict(), [split], with_entropy=True)[0], batch))
+        td = batch.tensordict(mini_batch_size=8, dp_size=2)
+        loss, _ = run_loss(batch, fn, td, [[[0, 1], [2, 3]], [[4, 5, 6, 7]]], dp_size=2, n_ranks=2,
+                           with_entropy=True)
+        out.append(grad(loss, batch) * 2)  # average_over_dp_ranks: the 1/D scale of the release
+        return out
+
+    coef = 0.05  # larger than the default so that the bonus's share is visible in the comparison
+    first, *rest = grads("hpt", coef)
+    for g in rest:
+        assert_grad_close(first, g)
+    first_r, *rest_r = grads("hpt_release", coef)
+    assert any(not torch.allclose(first_r, g, atol=1e-6) for g in rest_r)
+
+
+def test_split_dependence_warning_names_the_terms_and_the_fix():
+    from verl_ext.loss.config import split_dependence_warning
+
+    assert split_dependence_warning(preset("hpt"), use_dynamic_bsz=True, entropy_coeff=0.001) is None
+    assert split_dependence_warning(preset("hpt_release"), use_dynamic_bsz=False, entropy_coeff=0.001) is None
+    msg = split_dependence_warning(preset("hpt_release"), use_dynamic_bsz=True, entropy_coeff=0.001)
+    assert "hpt.loss.demo" in msg and "entropy_agg=micro-token-mean" in msg and "upge=hpt" in msg
+    msg0 = split_dependence_warning(preset("hpt_release"), use_dynamic_bsz=True, entropy_coeff=0.0)
+    assert "hpt.loss.demo" in msg0 and "entropy" not in msg0.split("with actor")[0]
+    assert split_dependence_warning(preset("hpt_release_global"), use_dynamic_bsz=True, entropy_coeff=0.0) is None

@@ -183,6 +183,19 @@ def unsupported_settings(config) -> list[str]:
     return problems
 
 
+def settings_warnings(config) -> list[str]:
+    """Settings HPT runs as asked but that the user should know about (logged by ``main_hpt``)."""
+    from verl_ext.loss.config import load_upge_config, split_dependence_warning
+
+    hpt = config.get("hpt", None) or {}
+    if hpt.get("loss", None) is None:
+        return []
+    actor = config.actor_rollout_ref.actor
+    warning = split_dependence_warning(load_upge_config(hpt.loss), use_dynamic_bsz=bool(actor.get("use_dynamic_bsz")),
+                                       entropy_coeff=float(actor.get("entropy_coeff", 0.0) or 0.0))
+    return [warning] if warning else []
+
+
 class HPTStopError(RuntimeError):
     """The run cannot usefully continue (e.g. too many non-finite steps in a row)."""
 

@@ -20,7 +20,7 @@ import hydra
 import ray
 from omegaconf import OmegaConf, open_dict
 
-from recipe.hpt.hpt_ray_trainer import unsupported_settings
+from recipe.hpt.hpt_ray_trainer import settings_warnings, unsupported_settings
 from recipe.hpt.runtime import prepare_runtime
 from verl_ext.hpt.environment import check_attention_implementation
 from verl_ext.hpt.demo_scoring import resolve_reward
@@ -116,6 +116,8 @@ def run_hpt(config):
     unsupported = unsupported_settings(config)
     if unsupported:
         raise ValueError("HPT cannot run this configuration:\n- " + "\n- ".join(unsupported))
+    for warning in settings_warnings(config):
+        print(f"WARNING (hpt): {warning}")
     prepare_runtime(config)
     auto_set_device(config)
     config = migrate_legacy_reward_impl(config)

@@ -233,6 +233,30 @@ def load_upge_config(node: Any, path: str = "hpt.loss") -> UPGELossConfig:
     return cfg.validate(path)
 
 
+def split_dependence_warning(upge: UPGELossConfig, *, use_dynamic_bsz: bool, entropy_coeff: float,
+                             preset_hint: str = "hpt") -> Optional[str]:
+    """The start-up warning for a loss whose gradient depends on verl's micro-batch packing, or None.
+
+    A ``micro-token-mean`` term (the release presets' SFT arm, SRFT's NLL term, the release entropy
+    bonus) is a mean over *each micro-batch's* tokens, summed over micro-batches. With
+    ``use_dynamic_bsz`` verl 0.9.1 packs rows into micro-batches by token budget, so the number of
+    micro-batches holding demonstration rows (hence the SFT weight, roughly that many times the
+    global mean) changes from step to step with response lengths; the release had the same
+    behaviour, which is why only the release-exact presets use it.
+    """
+    if not use_dynamic_bsz or upge.split_invariant(with_entropy_bonus=entropy_coeff != 0.0):
+        return None
+    terms = [f"hpt.loss.{name}" for name in ARM_NAMES if upge.arm(name) is not None and upge.arm(name).split_dependent]
+    if entropy_coeff != 0.0 and upge.entropy_agg == "micro-token-mean":
+        terms.append("the entropy bonus (hpt.loss.entropy_agg=micro-token-mean)")
+    return (
+        f"{', '.join(terms)} averaged per micro-batch (micro-token-mean) with actor.use_dynamic_bsz=true: "
+        "each such term's weight is about the number of micro-batches holding its rows, which verl's token-budget "
+        "packing sets step by step (the official release behaves the same; this preset reproduces it). "
+        f"For a loss that does not depend on the packing use upge={preset_hint} (the default)."
+    )
+
+
 def _no_partial_arm(path: str, arm: Mapping) -> None:
     missing = [key for key in REQUIRED_ARM_KEYS if key not in arm]
     if missing:
