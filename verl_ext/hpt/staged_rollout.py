@@ -1,0 +1,132 @@
+"""A rollout manager that draws each question's n rollouts in stages (``hpt.stages``).
+
+It wraps verl's own rollout manager (``AgentLoopManager``: the ``hf`` or vLLM rollout, unchanged)
+and answers ``fit``'s one training-time ``generate_sequences`` call (B·n rows, n per question, the
+verified score ``rm_scores`` in each) with one inner call per stage, each for the questions still
+drawing (:func:`verl_ext.hpt.stages.run_stages` decides). Validation calls go straight through.
+
+The answer has ``fit``'s B·n rows in its order. A row never drawn is a placeholder: a copy of a
+drawn row of the same question with ``rm_scores`` zeroed, flagged ``hpt_sampled = False``; the
+trainer drops placeholders before its gate (:func:`drop_placeholders`). Each row keeps its
+position in the full batch as verl's ``priority``, which seeds the ``hf`` rollout per row: a staged
+run draws exactly the rows a plain run draws in the same slots.
+
+verl contract relied on (0.9.1): ``AgentLoopManager.generate_sequences`` splits its batch into
+``len(agent_loop_workers)`` equal chunks, so each stage's request is padded to a multiple of that
+with verl's ``pad_dataproto_to_divisor`` (those rows are generated and dropped, counted as
+``rows_padding``); the agent loop fills ``rm_scores`` when the reward runs in it (the HPT trainer
+needs that anyway, see ``unsupported_settings``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from verl import DataProto
+from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
+
+from verl_ext.hpt.stages import SAMPLED_KEY, STOPPED_KEY, Stage, StagePlan, run_stages
+
+
+def question_rows(uids: np.ndarray, n: int) -> np.ndarray:
+    """(Q, n) row indices per question, questions in order of first appearance.
+
+    ``fit`` repeats each prompt n times (interleaved) under one uid; anything else is an error
+    here rather than a wrong grouping.
+    """
+    order: dict = {}
+    for i, u in enumerate(uids):
+        order.setdefault(u, []).append(i)
+    bad = [u for u, rows in order.items() if len(rows) != n]
+    if bad:
+        raise RuntimeError(f"staged generation: uid {bad[0]!r} has {len(order[bad[0]])} rows, expected "
+                           f"actor_rollout_ref.rollout.n={n}")
+    return np.asarray(list(order.values()), dtype=np.int64)
+
+
+class StagedRolloutManager:
+    def __init__(self, inner, stages: Sequence[Stage], n: int, correct_threshold: float,
+                 before_rollout: Optional[Callable[[], None]] = None):
+        self.inner = inner
+        self.stages = tuple(stages)
+        self.n = int(n)
+        self.correct_threshold = float(correct_threshold)
+        self.before_rollout = before_rollout
+        self.last_plan: Optional[StagePlan] = None
+        self.last_padding_rows = 0
+
+    def __getattr__(self, name):  # everything else is verl's manager's
+        return getattr(self.inner, name)
+
+    def _workers(self) -> int:
+        return max(1, len(getattr(self.inner, "agent_loop_workers", None) or []))
+
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        if prompts.meta_info.get("validate", False):
+            return self.inner.generate_sequences(prompts)
+        if self.before_rollout is not None:
+            self.before_rollout()
+        total = len(prompts)
+        if "priority" not in prompts.non_tensor_batch:
+            prompts.non_tensor_batch["priority"] = np.arange(total, dtype=np.int64)
+        groups = question_rows(prompts.non_tensor_batch["uid"], self.n)  # (Q, n)
+        offsets = np.cumsum([0] + [s.rollouts for s in self.stages])
+        drawn_rows: list[np.ndarray] = []
+        outputs: list[DataProto] = []
+        timing: dict[str, float] = {}
+        self.last_padding_rows = 0
+
+        def draw(s: int, questions: np.ndarray, k: int) -> np.ndarray:
+            rows = groups[questions, offsets[s]:offsets[s] + k].reshape(-1)  # (m*k,)
+            request, pad = pad_dataproto_to_divisor(prompts.select_idxs(rows), self._workers())
+            out = unpad_dataproto(self.inner.generate_sequences(request), pad)
+            self.last_padding_rows += pad
+            if "rm_scores" not in out.batch.keys():
+                raise RuntimeError("staged generation needs each rollout's score from the agent loop (rm_scores) to "
+                                   "decide the next stage; this rollout returned none")
+            for key, value in (out.meta_info.pop("timing", None) or {}).items():
+                if isinstance(value, (int, float)):
+                    timing[key] = timing.get(key, 0.0) + float(value)
+            drawn_rows.append(rows)
+            outputs.append(out)
+            score = out.batch["rm_scores"].sum(-1).float().numpy()  # (m*k,)
+            return (score >= self.correct_threshold).reshape(len(questions), k)
+
+        plan = run_stages(self.stages, groups.shape[0], draw)
+        self.last_plan = plan
+        drawn = np.concatenate(drawn_rows)  # (D,) positions in the full batch
+        cat = DataProto.concat(outputs) if len(outputs) > 1 else outputs[0]
+        position = np.full(total, -1, dtype=np.int64)
+        position[drawn] = np.arange(drawn.size)
+        sampled = position >= 0  # (N,)
+        question = np.empty(total, dtype=np.int64)
+        question[groups.reshape(-1)] = np.repeat(np.arange(groups.shape[0]), self.n)
+        # A placeholder copies the first drawn row of its question (every question draws in stage 1).
+        first = position[groups[:, 0]]  # (Q,)
+        source = np.where(sampled, position, first[question])
+        full = cat.select_idxs(source)
+        full.batch["rm_scores"][~sampled] = 0.0
+        full.non_tensor_batch[SAMPLED_KEY] = sampled
+        full.non_tensor_batch[STOPPED_KEY] = plan.stopped[question]
+        full.meta_info["timing"] = timing
+        return full
+
+
+def drop_placeholders(batch: DataProto) -> tuple[DataProto, Optional[np.ndarray]]:
+    """``fit``'s batch without the rows never drawn, and the uids of questions stopped early.
+
+    Returns (batch, stopped_uids); a batch from a plain (unstaged) rollout is returned as it is with
+    ``None``. The staged keys are removed from the returned batch, which is a new object: the
+    caller's batch is not changed.
+    """
+    nt = batch.non_tensor_batch
+    if SAMPLED_KEY not in nt:
+        return batch, None
+    sampled = np.asarray(nt[SAMPLED_KEY], dtype=bool)
+    stopped = np.asarray(nt[STOPPED_KEY], dtype=bool)
+    stopped_uids = np.unique(np.asarray(nt["uid"], dtype=object)[stopped]) if stopped.any() else np.array([], object)
+    kept = batch.select_idxs(np.flatnonzero(sampled))
+    for key in (SAMPLED_KEY, STOPPED_KEY):
+        kept.non_tensor_batch.pop(key, None)
+    return kept, stopped_uids
