@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import os
@@ -18,3 +19,31 @@ def load_script(rel: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@functools.lru_cache(maxsize=None)
+def _default_hpt_node() -> str:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the file://configs search path is relative to the launch directory
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "recipe" / "hpt" / "config"), version_base=None):
+            return OmegaConf.to_yaml(compose(config_name="hpt_trainer").hpt, resolve=True)
+    finally:
+        os.chdir(cwd)
+        GlobalHydra.instance().clear()
+
+
+def default_hpt_node(**overrides) -> dict:
+    """The `hpt` node of the default composed config (hpt_trainer.yaml, where its defaults live, and
+    its upge preset) as a fresh plain dict, with ``overrides`` (top-level keys) replacing its values.
+    For tests that build a small run config by hand: HPTConfig requires every key."""
+    import yaml
+
+    node = yaml.safe_load(_default_hpt_node())
+    node.update(overrides)
+    return node

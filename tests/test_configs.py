@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from verl_ext.hpt.config import HPTConfig
 from verl_ext.hpt.gate import GateConfig
 from verl_ext.loss.config import UPGEConfigError, load_upge_config
 
@@ -193,8 +194,8 @@ def test_exp_file_is_global_package_with_header(name):
 def test_exp_composes_and_validates(name, composed):
     cfg = composed(name)
     hpt = cfg.hpt
-    # The trainer's gate config (RayHPTTrainer.__init__ does exactly this).
-    gate = GateConfig.from_mapping(OmegaConf.to_container(hpt.gate, resolve=True))
+    # Every config check main_hpt runs before Ray; the trainer reads its gate from the same object.
+    gate = HPTConfig.from_config(cfg).gate
     loss = load_upge_config(hpt.loss)  # rejects a partial arm (e.g. a leftover `coef`), naming the key
     # Every arm states all four UPGE parts (load_upge_config requires ref/adv/agg; stable too here).
     for arm in ("rollout", "demo", "demo_off"):

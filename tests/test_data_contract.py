@@ -16,19 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
+from tests.helpers import default_hpt_node
 from verl_ext.data.contract import CONTRACT, contract_markdown
+from verl_ext.hpt.config import HPTConfig, HPTConfigError, yaml_defaults
 from verl_ext.hpt.demo_scoring import RewardCheckError, diagnose, DemoFailure, resolve_reward
-from verl_ext.hpt.validation import (
-    DataOptions,
-    DataValidationError,
-    HPTConfigError,
-    data_options,
-    validate_data,
-    validate_hpt_config,
-)
+from verl_ext.hpt.filtered_data import validate_data
+from verl_ext.hpt.row_checks import DataValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_REWARD = str(REPO / "verl_ext" / "reward" / "verl_entry.py")
@@ -60,9 +55,9 @@ def make_config(tmp_path, train_rows, val_rows=None, reward_path=None, gate=None
         "reward": {"custom_reward_function": {"path": reward_path, "name": "compute_score"},
                    "reward_manager": {"source": "register", "name": "naive"},
                    "reward_model": {"enable": False}},
-        "hpt": {"demo_field": "target", "gate": gate or {"strategy": "switch", "gamma": 0.0},
-                "data": dict(hpt_data)},
+        "hpt": default_hpt_node(demo_field="target", gate=gate or {"strategy": "switch", "gamma": 0.0}),
     })
+    cfg.hpt.data.update(hpt_data)
     return cfg, train
 
 
@@ -224,7 +219,9 @@ def test_missing_demo_skip_removes_and_counts(tmp_path, char_tok):
     report = run_validation(cfg, char_tok)
     m = report.metrics()
     assert m["hpt/data/skipped/demo_missing"] == 2 and m["hpt/data/train_rows_kept"] == 2
-    kept = pd.read_parquet(cfg.data.train_files)
+    assert cfg.data.train_files == str(train)  # left as it is: the report names the filtered copy
+    [filtered] = report.train_files
+    kept = pd.read_parquet(filtered)
     assert [int(i["index"]) for i in kept["extra_info"]] == [0, 2]
 
 
@@ -234,7 +231,7 @@ def test_missing_demo_rl_keeps_rows_counts_them_and_overrides_on_bad_row(tmp_pat
     report = run_validation(cfg, char_tok)
     m = report.metrics()
     assert m["hpt/data/demos_missing_rl"] == 2 and m["hpt/data/skipped_rows"] == 0
-    assert cfg.data.train_files == str(train)  # nothing removed: verl reads the user's file
+    assert report.train_files == [str(train)]  # nothing removed: verl reads the user's file
     assert report.demo_check()["scored"] == 2  # only rows with a demonstration are scored
     assert "2 without a demonstration kept for RL" in report.summary_line()
 
@@ -258,31 +255,26 @@ def test_on_missing_demo_rl_needs_a_gate_that_trains_rollouts():
             cfg = compose(config_name="hpt_trainer", overrides=["+exp=cpu_tiny", "hpt.data.on_missing_demo=rl"])
     finally:
         os.chdir(cwd)
-    validate_hpt_config(cfg)  # switch gate: fine
+    HPTConfig.from_config(cfg)  # switch gate: fine
     cfg.hpt.gate.strategy = "always"
     with pytest.raises(HPTConfigError, match="hpt.data.on_missing_demo=rl .*hpt.gate.strategy=always"):
-        validate_hpt_config(cfg)
+        HPTConfig.from_config(cfg)
     cfg.hpt.gate.strategy = "switch"
     cfg.hpt.data.on_missing_demo = "sometimes"
     with pytest.raises(HPTConfigError, match=r"hpt.data.on_missing_demo='sometimes' is not one of"):
-        validate_hpt_config(cfg)
+        HPTConfig.from_config(cfg)
     cfg.hpt.data.on_missing_demo = None
     cfg.hpt.data.demo_check_min_rate = 1.5
     with pytest.raises(HPTConfigError, match=r"hpt.data.demo_check_min_rate=1.5 must be a number in \[0, 1\]"):
-        validate_hpt_config(cfg)
+        HPTConfig.from_config(cfg)
 
 
 # ------------------------------------------------------------------ one place for defaults and docs
-def test_yaml_data_defaults_equal_the_code_defaults():
-    node = yaml.safe_load((REPO / "recipe/hpt/config/hpt_trainer.yaml").read_text())["hpt"]["data"]
-    assert node == DataOptions().__dict__
-    assert data_options(OmegaConf.create({"hpt": {}})) == DataOptions()
-
-
 def test_readme_states_the_contract_table():
     readme = (REPO / "README.md").read_text()
     assert "## Your own data" in readme
-    assert contract_markdown() in readme, "README's contract table differs from verl_ext.data.contract"
+    assert contract_markdown(yaml_defaults()["demo_field"]) in readme, \
+        "README's contract table differs from verl_ext.data.contract"
     assert {f.path.split(".")[0] for f in CONTRACT} >= {"data_source", "reward_model", "extra_info"}
 
 
@@ -383,15 +375,3 @@ def test_rows_validation_accepts_never_crash_gate_and_merge(tmp_path, char_tok, 
         ids_logged = t.hpt_state["batch_indices"]["7"]
         expected = [r["extra_info"].get("index", -1) for r in picked]
         assert [str(x) for x in ids_logged] == [str(e) for e in expected]
-
-
-def test_demo_field_has_one_default():
-    """hpt.demo_field's default lives in verl_ext.data.contract; the trainer YAML states the same."""
-    from omegaconf import OmegaConf
-
-    from verl_ext.data.contract import DEFAULT_DEMO_FIELD, demo_field_of
-
-    yaml = OmegaConf.load(REPO / "recipe/hpt/config/hpt_trainer.yaml")
-    assert yaml.hpt.demo_field == DEFAULT_DEMO_FIELD
-    assert demo_field_of(OmegaConf.create({})) == DEFAULT_DEMO_FIELD
-    assert demo_field_of(OmegaConf.create({"hpt": {"demo_field": "solution"}})) == "solution"

@@ -80,7 +80,7 @@ def _sft_only_batch(tok, demos):
     for i, m in enumerate(messages):
         raw[i] = m
     prompts = DataProto(non_tensor_batch={"raw_prompt": raw, "extra_info": np.asarray(infos, dtype=object)})
-    out = DemonstrationRolloutManager(None, tok, _config()).generate_sequences(prompts)
+    out = DemonstrationRolloutManager(None, tok, _config(), demo_field="target").generate_sequences(prompts)
     out.non_tensor_batch["uid"] = np.asarray([f"uid-{i}" for i in range(len(demos))], dtype=object)
     out.non_tensor_batch["extra_info"] = np.asarray(infos, dtype=object)
     return out

@@ -20,16 +20,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.helpers import default_hpt_node
+from verl_ext.data.contract import check_ground_truth, check_prompt
+from verl_ext.hpt.config import HPTConfig, HPTConfigError
+from verl_ext.hpt.filtered_data import validate_data
 from verl_ext.hpt.gate import GateConfig, GateConfigError
-from verl_ext.hpt.validation import (
-    DataValidationError,
-    HPTConfigError,
-    check_ground_truth,
-    check_prompt,
-    gate_can_choose_sft,
-    validate_data,
-    validate_hpt_config,
-)
+from verl_ext.hpt.row_checks import DataValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "recipe" / "hpt" / "config"
@@ -59,42 +55,42 @@ def _with(cfg, **dotted):
 
 
 def test_default_config_passes(base_config):
-    gate = validate_hpt_config(base_config)
-    assert gate.strategy == "switch" and gate_can_choose_sft(gate)
+    gate = HPTConfig.from_config(base_config).gate
+    assert gate.strategy == "switch" and gate.can_choose_sft()
 
 
 @pytest.mark.parametrize("gamma", [-0.1, 1.5, "nan", "inf"])
 def test_gamma_outside_unit_interval_is_refused(base_config, gamma):
     with pytest.raises(GateConfigError, match=r"hpt\.gate\.gamma"):
-        validate_hpt_config(_with(base_config, hpt__gate__gamma=gamma))
+        HPTConfig.from_config(_with(base_config, hpt__gate__gamma=gamma))
 
 
 @pytest.mark.parametrize("strategy,extra", [("switch", {}), ("soft", {"hpt__gate__soft_fn": "linear"})])
 def test_pass_rate_gate_needs_two_rollouts(base_config, strategy, extra):
     cfg = _with(base_config, hpt__gate__strategy=strategy, actor_rollout_ref__rollout__n=1, **extra)
     with pytest.raises(HPTConfigError, match=r"rollout\.n=1 with hpt\.gate\.strategy=" + strategy):
-        validate_hpt_config(cfg)
+        HPTConfig.from_config(cfg)
 
 
 def test_n1_is_fine_without_a_pass_rate_gate(base_config):
     cfg = _with(base_config, hpt__gate__strategy="always", actor_rollout_ref__rollout__n=1)
     OmegaConf.update(cfg, "hpt.loss", {"rollout": None, "demo": {"ref": "self", "adv": "one", "agg": "token-mean"}},
                      merge=False)  # the sft preset
-    validate_hpt_config(cfg)
+    HPTConfig.from_config(cfg)
 
 
 def test_soft_table_rows_must_match_n(base_config):
     cfg = _with(base_config, hpt__gate__strategy="soft", hpt__gate__soft_table=[[0, 1], [1, 0]])
     with pytest.raises(HPTConfigError, match=r"soft_table has 2 rows but .*n=4 needs n\+1 = 5"):
-        validate_hpt_config(cfg)
+        HPTConfig.from_config(cfg)
 
 
 def test_loss_preset_must_have_the_arms_the_gate_uses(base_config):
     no_demo = _with(base_config)
     OmegaConf.update(no_demo, "hpt.loss.demo", None, merge=False)
     with pytest.raises(HPTConfigError, match="no demo arm"):
-        validate_hpt_config(no_demo)
-    validate_hpt_config(_with(no_demo, hpt__gate__strategy="never"))  # pure RL: fine
+        HPTConfig.from_config(no_demo)
+    HPTConfig.from_config(_with(no_demo, hpt__gate__strategy="never"))  # pure RL: fine
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -107,7 +103,7 @@ def test_loss_preset_must_have_the_arms_the_gate_uses(base_config):
 ])
 def test_bad_hpt_settings_name_their_key(base_config, key, value, match):
     with pytest.raises(ValueError, match=match):
-        validate_hpt_config(_with(base_config, **{key: value}))
+        HPTConfig.from_config(_with(base_config, **{key: value}))
 
 
 @pytest.mark.parametrize("override,group", [("upge=nosuch", "upge"), ("+exp=nosuch", "exp")])
@@ -160,8 +156,9 @@ def _data_config(tmp_path, train_rows, val_rows=None, **hpt_data):
                  "max_prompt_length": 40, "filter_overlong_prompts": False},
         "actor_rollout_ref": {"rollout": {"response_length": 24, "n": 4}},
         "trainer": {"default_local_dir": str(tmp_path / "ckpt")},
-        "hpt": {"demo_field": "target", "gate": {"strategy": "switch", "gamma": 0.0}, "data": dict(hpt_data)},
+        "hpt": default_hpt_node(demo_field="target", gate={"strategy": "switch", "gamma": 0.0}),
     })
+    cfg.hpt.data.update(hpt_data)
     return cfg, train
 
 
@@ -198,22 +195,22 @@ def test_skip_removes_and_counts_bad_rows_from_what_verl_reads(tmp_path, char_to
 
     cfg, train = _data_config(tmp_path, _mixed_rows(), on_bad_row="skip")
     report = validate_data(cfg, char_tok)
-    new_train = cfg.data.train_files
-    assert new_train != str(train) and str(tmp_path / "ckpt" / "hpt_data") in new_train
+    assert cfg.data.train_files == str(train)  # the config is left as it is: the caller points verl at the copy
+    [new_train] = report.train_files
+    assert new_train.startswith(str(tmp_path / "ckpt" / "hpt_data") + os.sep)
     m = report.metrics()
     assert m["hpt/data/train_rows"] == 8 and m["hpt/data/train_rows_kept"] == 3
     assert m["hpt/data/skipped_rows"] == 5
     assert m["hpt/data/skipped/demo_missing"] == 2 and m["hpt/data/skipped/ground_truth_missing"] == 2
     assert m["hpt/data/skipped/prompt_too_long"] == 1
-    assert cfg.data.val_files == str(tmp_path / "val.parquet")  # untouched: nothing removed
+    assert report.val_files == [str(tmp_path / "val.parquet")]  # the input: nothing removed
     # verl's own dataset class reads exactly the kept rows, in order
     ds = RLHFDataset(data_files=new_train, tokenizer=char_tok, config=OmegaConf.create(
         {"max_prompt_length": 40, "filter_overlong_prompts": False, "cache_dir": str(tmp_path / "cache")}))
     assert [ds[i]["extra_info"]["index"] for i in range(len(ds))] == [0, 6, 7]
     # deterministic: the same input gives the same file (a resumed run reads the same data)
     cfg2, _ = _data_config(tmp_path, _mixed_rows(), on_bad_row="skip")
-    validate_data(cfg2, char_tok)
-    assert cfg2.data.train_files == new_train
+    assert validate_data(cfg2, char_tok).train_files == [new_train]
 
 
 def test_no_demonstration_field_at_all_is_an_error_even_when_skipping(tmp_path, char_tok):
@@ -262,7 +259,7 @@ def test_prompt_length_is_counted_as_verl_counts_it(tmp_path, char_tok):
     """Our limit check tokenises the chat-templated prompt exactly as RLHFDataset's filter does."""
     from verl.utils.tokenizer.tokenizer import normalize_token_ids
 
-    from verl_ext.hpt.validation import _prompt_text, _token_lengths
+    from verl_ext.hpt.row_checks import _prompt_text, _token_lengths
 
     msgs = [{"role": "user", "content": "Compute 12+7+25."}]
     verl_len = len(normalize_token_ids(char_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)))
@@ -310,7 +307,7 @@ def test_every_row_bad_is_an_error(tmp_path, char_tok):
 def test_validation_can_be_turned_off(tmp_path, char_tok):
     cfg, train = _data_config(tmp_path, _mixed_rows(), validate=False)
     report = validate_data(cfg, char_tok)
-    assert not report.validated and cfg.data.train_files == str(train)
+    assert not report.validated and cfg.data.train_files == str(train) and report.train_files == [str(train)]
 
 
 # --------------------------------------------------------- trainer: demo fallback, reward flags

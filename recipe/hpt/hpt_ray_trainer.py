@@ -66,13 +66,12 @@ import os
 from typing import Any, Optional
 
 import numpy as np
-from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
-from verl_ext.data.contract import demo_field_of
+from verl_ext.hpt.config import HPTConfig
 from verl_ext.hpt.demo_scoring import DemoScorer
-from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
+from verl_ext.hpt.gate import gate_by_pass_rate, question_stats
 from verl_ext.hpt.demonstrations import (
     GatedDemonstrations,
     encode_demonstrations,
@@ -82,7 +81,6 @@ from verl_ext.hpt.demonstrations import (
 )
 from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import hpt_step_metrics
-from verl_ext.hpt.validation import max_consecutive_skips
 from verl_ext.loss.batch_keys import HPT_ROW_KIND, RowKind
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
 
@@ -203,17 +201,16 @@ class HPTStopError(RuntimeError):
 class RayHPTTrainer(RayPPOTrainer):
     def __init__(self, *args, data_report=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.data_report = data_report  # verl_ext.hpt.validation.DataReport from the TaskRunner
-        self.max_consecutive_skips = max_consecutive_skips(self.config)
+        self.data_report = data_report  # verl_ext.hpt.row_checks.DataReport from the TaskRunner
         self._data_metrics_logged = False
         self._stop_reason: Optional[str] = None
-        hpt = self.config.get("hpt", None) or {}
-        self.gate_config = GateConfig.from_mapping(
-            OmegaConf.to_container(hpt.get("gate", {}), resolve=True) if hpt else {})
-        self.demo_field = demo_field_of(self.config)
         problems = unsupported_settings(self.config)
         if problems:
             raise ValueError("HPT cannot run this configuration:\n- " + "\n- ".join(problems))
+        hpt = HPTConfig.from_config(self.config)
+        self.gate_config = hpt.gate
+        self.demo_field = hpt.demo_field
+        self.max_consecutive_skips = hpt.max_consecutive_skips
         self._demo_scorer = DemoScorer.from_config(self.config)
         # Cumulative statistics (persisted in checkpoints).
         self.hpt_state: dict[str, Any] = {

@@ -3,10 +3,11 @@
 Same shape as verl's recipes (e.g. DAPO): a TaskRunner that builds verl's workers, datasets and
 the trainer subclass, launched through verl's own ``run_ppo`` (Ray init + remote runner).
 
-Start-up checks (:mod:`verl_ext.hpt.validation`): the config is validated in ``run_hpt`` before
-Ray starts; the data rows in ``HPTTaskRunner.run`` with the run's tokenizer, before the datasets,
-the trainer or any worker exist (a bad row raises, or with ``hpt.data.on_bad_row=skip`` is removed
-and counted; the counts reach the trainer's first-step metrics and ``hpt_summary.json``). The
+Start-up checks: the config (:class:`verl_ext.hpt.config.HPTConfig`) in ``run_hpt`` before Ray
+starts; the data rows (:func:`verl_ext.hpt.filtered_data.validate_data`) in ``HPTTaskRunner.run``
+with the run's tokenizer, before the datasets, the trainer or any worker exist (a bad row raises, or
+with ``hpt.data.on_bad_row=skip`` is removed and counted, and ``data.*_files`` point at the filtered
+copies; the counts reach the trainer's first-step metrics and ``hpt_summary.json``). The
 reward function in use is printed (:func:`verl_ext.hpt.demo_scoring.resolve_reward`) and every
 data_source and a sample of the demonstrations are scored with it before any worker starts.
 """
@@ -24,7 +25,8 @@ from recipe.hpt.hpt_ray_trainer import settings_warnings, unsupported_settings
 from recipe.hpt.runtime import prepare_runtime
 from verl_ext.hpt.environment import check_attention_implementation
 from verl_ext.hpt.demo_scoring import resolve_reward
-from verl_ext.hpt.validation import validate_data, validate_hpt_config
+from verl_ext.hpt.config import HPTConfig
+from verl_ext.hpt.filtered_data import validate_data
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
 from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
@@ -64,9 +66,12 @@ class HPTTaskRunner(BaseTaskRunner):
         reward = resolve_reward(config)
         print(reward.describe())
         # Every row checked before anything is built (the contract, verl_ext/data/contract.py; each
-        # data_source and a sample of demonstrations scored with `reward`); may point data.*_files at
-        # filtered copies.
+        # data_source and a sample of demonstrations scored with `reward`). verl reads the files the
+        # report names: the inputs, or filtered copies of those that lost rows.
         data_report = validate_data(config, tokenizer, reward=reward)
+        with open_dict(config):
+            config.data.train_files = data_report.train_files
+            config.data.val_files = data_report.val_files
 
         actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)
         self.add_critic_worker(config)
@@ -111,7 +116,7 @@ def run_hpt(config):
     from verl.experimental.reward_loop import migrate_legacy_reward_impl
     from verl.utils.device import auto_set_device
 
-    validate_hpt_config(config)  # before Ray and any worker: a bad setting fails in seconds
+    HPTConfig.from_config(config)  # every config check, before Ray and any worker: a bad setting fails in seconds
     check_attention_implementation(config)
     unsupported = unsupported_settings(config)
     if unsupported:

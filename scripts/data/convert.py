@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--answer-format", default="boxed", choices=ANSWER_FORMATS)
     ap.add_argument("--data-source", default=None,
                     help="data_source of every row (default: the source's; jsonl: user_math)")
-    ap.add_argument("--demo-field", default="target", help="extra_info field for the demonstration (hpt.demo_field)")
+    ap.add_argument("--demo-field", default=None,
+                    help="extra_info field for the demonstration (default: hpt.demo_field as hpt_trainer.yaml sets it)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--prompt-style", default="user", choices=PROMPT_STYLES, help="jsonl: how the question becomes a prompt")
     ap.add_argument("--drop-missing-demo", action="store_true", help="drop rows without a demonstration (default: keep)")

@@ -16,7 +16,7 @@ file, the shape of verl's own ``examples/data_preprocess/gsm8k.py`` plus a demon
 :data:`CONTRACT` lists every field with its type, when it is required and who reads it;
 :func:`contract_markdown` renders it (the README's "Your own data" section carries the same table,
 a test keeps the two in step). The ``check_*`` functions below are the per-field checks that
-:mod:`verl_ext.hpt.validation` runs on every row at start-up; each returns ``None`` for a good
+:mod:`verl_ext.hpt.row_checks` runs on every row at start-up; each returns ``None`` for a good
 value or ``(reason, detail)``. Every field the trainer reads *after generation* (``data_source``,
 ``reward_model.ground_truth``, ``extra_info.index``, the demonstration) is among them, so a bad
 value stops the start with file, row and field named instead of crashing a step.
@@ -78,22 +78,16 @@ CONTRACT: tuple[ContractField, ...] = (
 )
 
 
-# The extra_info key that holds the demonstration: the one home of hpt.demo_field's default (the
-# trainer YAML states the same value; tests/test_data_contract.py checks they agree).
-DEFAULT_DEMO_FIELD = "target"
+# hpt.demo_field (the extra_info key that holds the demonstration) has its default in one place, the
+# trainer YAML: a run reads it from its config (verl_ext.hpt.config.HPTConfig), a tool without one
+# from verl_ext.hpt.config.yaml_defaults().
 
 
-def demo_field_of(config) -> str:
-    """``hpt.demo_field`` of a run config (its default when the ``hpt`` node or the key is absent)."""
-    hpt = config.get("hpt", None) if config is not None else None
-    return str((hpt or {}).get("demo_field", DEFAULT_DEMO_FIELD))
-
-
-def field_path(f: ContractField, demo_field: str = DEFAULT_DEMO_FIELD, prompt_key: str = "prompt") -> str:
+def field_path(f: ContractField, demo_field: str, prompt_key: str = "prompt") -> str:
     return f.path.replace("{demo}", demo_field).replace("{prompt}", prompt_key)
 
 
-def contract_markdown(demo_field: str = DEFAULT_DEMO_FIELD, prompt_key: str = "prompt") -> str:
+def contract_markdown(demo_field: str, prompt_key: str = "prompt") -> str:
     """The contract as a markdown table (the README's "Your own data" section holds this table)."""
     lines = ["| field | type | required | read by | what for |", "|---|---|---|---|---|"]
     for f in CONTRACT:

@@ -236,9 +236,14 @@ CONVERTERS: dict[str, Callable[[dict, int, dict], tuple[dict, bool]]] = {
 
 
 def convert_rows(rows: Iterable[dict], fmt: str, answer_format: str = "boxed", data_source: Optional[str] = None,
-                 demo_field: str = "target", split: str = "train", prompt_style: str = "user",
+                 demo_field: Optional[str] = None, split: str = "train", prompt_style: str = "user",
                  drop_missing_demo: bool = False, score_demos: bool = True) -> tuple[list[dict], ConvertReport]:
-    """Source rows of format ``fmt`` -> contract rows and the report (see the module docstring)."""
+    """Source rows of format ``fmt`` -> contract rows and the report (see the module docstring).
+    ``demo_field``: the extra_info key of the demonstration; None: ``hpt.demo_field``'s default."""
+    if demo_field is None:
+        from verl_ext.hpt.config import yaml_defaults
+
+        demo_field = yaml_defaults()["demo_field"]
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
     if answer_format not in ANSWER_FORMATS:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from verl import DataProto
 
-from verl_ext.data.contract import DEFAULT_DEMO_FIELD
 from verl_ext.hpt.demonstrations import (
     demo_row_tensors,
     demonstration_of,
@@ -68,7 +67,7 @@ class DeferredWeightSync:
 
 
 class DemonstrationRolloutManager:
-    def __init__(self, inner, tokenizer, config, demo_field: str = DEFAULT_DEMO_FIELD,
+    def __init__(self, inner, tokenizer, config, demo_field: str,
                  before_rollout: Optional[Callable[[], None]] = None):
         self.inner = inner
         self.tokenizer = tokenizer

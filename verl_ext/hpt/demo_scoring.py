@@ -5,7 +5,7 @@ as in LUFFY/SRFT, it enters the group's advantage statistics). verl computes rol
 its reward-loop workers; a demonstration never passes through them, so it is scored here with the
 same function: ``reward.custom_reward_function`` if set, else verl's ``default_compute_score``.
 
-Start-up (``main_hpt`` → :func:`verl_ext.hpt.validation.validate_data` with
+Start-up (``main_hpt`` → :func:`verl_ext.hpt.filtered_data.validate_data` with
 :func:`resolve_reward`):
 
 * :meth:`RunReward.describe` says which function grades the run and why (printed at start-up):
@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import asyncio
 
-from verl_ext.hpt.validation import DataValidationError
+from verl_ext.hpt.row_checks import DataValidationError
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Demonstrations: when one is usable, how it continues the prompt, its tokens, and its rows.
 
-A demonstration is the text in ``extra_info[hpt.demo_field]`` (default
-:data:`verl_ext.data.contract.DEFAULT_DEMO_FIELD`) of a question's row. Everything HPT does with one
+A demonstration is the text in ``extra_info[hpt.demo_field]`` (its default set in
+``recipe/hpt/config/hpt_trainer.yaml``) of a question's row. Everything HPT does with one
 before the loss lives here, used by start-up validation (:func:`demonstration_problem` through
 :func:`verl_ext.data.contract.check_demo`), the trainer (:func:`usable_demonstrations`,
 :func:`encode_demonstrations`, :func:`prompt_token_ids`), the merge (:func:`build_demo_rows`) and

@@ -62,6 +62,12 @@ class GateConfig:
       ``demo_arms``.
     demo_arms: the demonstration rows of a gated question, a non-empty subset of
       ``("demo", "demo_off")`` (module docstring); stored in that order. Default ``("demo",)``.
+
+    The field defaults repeat ``hpt_trainer.yaml``'s ``hpt.gate`` block, verl-style, and
+    tests/test_hpt_config.py keeps the two equal: unlike the rest of the ``hpt`` node
+    (:mod:`verl_ext.hpt.config`, whose only home is the YAML) the gate is also a plain value that the
+    gate and merge functions' tests and benchmarks build directly (``GateConfig()``,
+    ``GateConfig(strategy="soft", soft_fn="linear")``).
     """
 
     strategy: str = "switch"
@@ -121,6 +127,26 @@ class GateConfig:
     @property
     def needs_rollouts(self) -> bool:
         return self.strategy != "always"
+
+    def can_choose_sft(self) -> bool:
+        """Whether any question can get β > 0 (a demonstration row) under this gate."""
+        if self.strategy == "never":
+            return False
+        if self.strategy == "fixed":
+            return self.fixed_beta > 0
+        if self.strategy == "soft" and self.soft_table is not None:
+            return any(row[1] > 0 for row in self.soft_table)
+        return True  # switch (P <= γ always holds for P = 0), soft linear, always
+
+    def can_choose_rl(self) -> bool:
+        """Whether any question can keep its rollouts (α > 0) under this gate."""
+        if self.strategy == "always":
+            return False
+        if self.strategy == "fixed":
+            return self.fixed_alpha > 0 or self.keep_gated_rollouts
+        if self.strategy == "soft" and self.soft_table is not None:
+            return any(row[0] > 0 for row in self.soft_table) or self.keep_gated_rollouts
+        return True
 
 
 def _demo_arms(path: str, value: Any) -> tuple:

@@ -1,0 +1,205 @@
+"""The ``hpt`` config node, typed: :class:`HPTConfig`, built from the composed run config.
+
+:meth:`HPTConfig.from_config` runs every start-up check that needs only the config (``main_hpt.run_hpt``
+calls it on the driver, before Ray starts; the data check and the trainer build the same object from
+the same config): ``hpt.gate`` (strategy, γ ∈ [0, 1], soft table, ...: :class:`GateConfig`),
+``actor_rollout_ref.rollout.n >= 2`` for a pass-rate gate (switch/soft) and n+1 rows in a soft table,
+the loss preset (``hpt.loss``, :func:`verl_ext.loss.load_upge_config`) has the arms the gate can route
+rows to, ``hpt.data.*`` (:class:`DataOptions`), ``hpt.demo_field``, ``hpt.max_consecutive_skips``,
+``hpt.skip_grad_norm_above``. Every error names the dotted key. Unknown preset names (``upge=foo``,
+``+exp=foo``) are refused by Hydra itself, listing the available ones.
+
+One home per default: ``recipe/hpt/config/hpt_trainer.yaml``. It is what users read and override and
+what every run composes, so the dataclasses here have no defaults: a key missing from the node is an
+error naming it, never a second, Python-side default that could drift from the YAML. (verl keeps its
+defaults in both its YAML and its dataclasses and tests that they agree; with one home there is nothing
+to keep in step.) The exception is ``hpt.gate``, see :class:`GateConfig`. Code that needs a default
+without a run config (the data converter's demonstration field) reads the YAML: :func:`yaml_defaults`.
+
+Typed as verl types its own nodes (frozen dataclasses built from the OmegaConf node, like
+``verl/workers/config``), but built by hand rather than with ``verl.utils.config.omega_conf_to_dataclass``:
+that reports a bad value in OmegaConf's words instead of naming the ``hpt.`` key and what it allows, and
+the gate's values (fractions such as ``2/8``, tables as tuples) need parsing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Optional
+
+from verl_ext.hpt.gate import GateConfig
+from verl_ext.loss.config import UPGELossConfig, load_upge_config
+
+ON_BAD_ROW = ("error", "skip")
+ON_LONG_DEMO = ("truncate", "skip", "error")
+ON_MISSING_DEMO = ("error", "skip", "rl")
+PASS_RATE_STRATEGIES = ("switch", "soft")
+
+TRAINER_YAML = "config/hpt_trainer.yaml"  # in the recipe.hpt package: the home of the hpt.* defaults
+
+
+class HPTConfigError(ValueError):
+    """A bad HPT setting found at start-up; the message names the key."""
+
+
+def to_plain(node) -> Any:
+    """An OmegaConf node as plain Python containers (resolved); anything else as it is."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(node, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return node
+
+
+def yaml_defaults() -> dict:
+    """The ``hpt`` node of ``recipe/hpt/config/hpt_trainer.yaml`` as written: the one home of the
+    ``hpt.*`` defaults. ``hpt.loss`` is not in it (the ``upge`` preset group fills it when Hydra
+    composes the config)."""
+    from importlib.resources import files
+
+    import yaml
+
+    return yaml.safe_load(files("recipe.hpt").joinpath(TRAINER_YAML).read_text())["hpt"]
+
+
+def _keys(node: Any, cls: type, path: str) -> dict:
+    """``node`` as a dict with exactly the fields of ``cls`` (errors name ``path.<key>``)."""
+    node = to_plain(node)
+    if not isinstance(node, dict):
+        raise HPTConfigError(f"{path} must be a mapping, got {node!r}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(node) - set(known))
+    if unknown:
+        raise HPTConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+    missing = [k for k in known if k not in node]
+    if missing:
+        raise HPTConfigError(
+            f"{path}.{missing[0]} is not set (missing: {missing}). Its default lives in "
+            f"recipe/hpt/config/hpt_trainer.yaml: compose the run config from it (python -m recipe.hpt.main_hpt).")
+    return node
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """``hpt.data``: what the start-up data check does (``hpt_trainer.yaml`` says what each key does
+    and holds the defaults)."""
+
+    validate: bool
+    on_bad_row: str  # error | skip
+    on_long_demo: str  # truncate | skip | error
+    on_missing_demo: Optional[str]  # error | skip | rl; None: as on_bad_row
+    filtered_dir: Optional[str]  # None: <trainer.default_local_dir>/hpt_data
+    max_errors_shown: int
+    demo_check_rows: int  # 0: no demonstration reward check
+    demo_check_min_rate: float
+
+    @property
+    def missing_demo_policy(self) -> str:
+        return self.on_missing_demo or self.on_bad_row
+
+    @classmethod
+    def from_mapping(cls, node: Mapping[str, Any] | None, path: str = "hpt.data") -> "DataOptions":
+        opts = cls(**_keys(node, cls, path))
+        if not isinstance(opts.validate, bool):
+            raise HPTConfigError(f"{path}.validate={opts.validate!r} must be true or false")
+        if opts.on_bad_row not in ON_BAD_ROW:
+            raise HPTConfigError(f"{path}.on_bad_row={opts.on_bad_row!r} is not one of {list(ON_BAD_ROW)}")
+        if opts.on_long_demo not in ON_LONG_DEMO:
+            raise HPTConfigError(f"{path}.on_long_demo={opts.on_long_demo!r} is not one of {list(ON_LONG_DEMO)}")
+        if opts.on_missing_demo is not None and opts.on_missing_demo not in ON_MISSING_DEMO:
+            raise HPTConfigError(f"{path}.on_missing_demo={opts.on_missing_demo!r} is not one of "
+                                 f"{list(ON_MISSING_DEMO)} (or null: as {path}.on_bad_row)")
+        if isinstance(opts.max_errors_shown, bool) or not isinstance(opts.max_errors_shown, int) \
+                or opts.max_errors_shown < 1:
+            raise HPTConfigError(f"{path}.max_errors_shown={opts.max_errors_shown!r} must be an integer >= 1")
+        if isinstance(opts.demo_check_rows, bool) or not isinstance(opts.demo_check_rows, int) \
+                or opts.demo_check_rows < 0:
+            raise HPTConfigError(f"{path}.demo_check_rows={opts.demo_check_rows!r} must be an integer >= 0 "
+                                 f"(0: no demonstration reward check)")
+        rate = opts.demo_check_min_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0.0 <= float(rate) <= 1.0):
+            raise HPTConfigError(f"{path}.demo_check_min_rate={rate!r} must be a number in [0, 1] "
+                                 f"(0: report the rate, never stop)")
+        if opts.filtered_dir is not None and not isinstance(opts.filtered_dir, str):
+            raise HPTConfigError(f"{path}.filtered_dir={opts.filtered_dir!r} must be a path or null")
+        return opts
+
+
+@dataclass(frozen=True)
+class HPTConfig:
+    """The ``hpt`` node as the driver, the data check and the trainer use it (see the module docstring)."""
+
+    demo_field: str  # the extra_info key that holds a row's demonstration
+    skip_grad_norm_above: Optional[float]  # None: no optimizer step is skipped for its grad norm
+    max_consecutive_skips: Optional[int]  # None: never stop (0 or null in the config)
+    data: DataOptions
+    gate: GateConfig
+    loss: UPGELossConfig
+
+    @classmethod
+    def from_config(cls, config) -> "HPTConfig":
+        """The ``hpt`` node of a composed run config, checked against itself and against
+        ``actor_rollout_ref.rollout.n``. Raises :class:`HPTConfigError` (or the gate/loss config
+        errors, also ``ValueError``s naming their key)."""
+        hpt = config.get("hpt", None)
+        if hpt is None:
+            raise HPTConfigError("the config has no `hpt` node (compose it from recipe/hpt/config/hpt_trainer.yaml)")
+        node = _keys(hpt, cls, "hpt")
+        gate = GateConfig.from_mapping(node["gate"] or {})
+
+        n = int(config.actor_rollout_ref.rollout.n)
+        if gate.strategy in PASS_RATE_STRATEGIES and n < 2:
+            raise HPTConfigError(
+                f"actor_rollout_ref.rollout.n={n} with hpt.gate.strategy={gate.strategy}: a pass-rate gate needs at "
+                f"least 2 rollouts per question (a pass rate over one rollout is 0 or 1, and GRPO's advantage of a "
+                f"single rollout is 0). Use n >= 2, or strategy always/never/fixed.")
+        if gate.strategy == "soft" and gate.soft_table is not None and len(gate.soft_table) != n + 1:
+            raise HPTConfigError(
+                f"hpt.gate.soft_table has {len(gate.soft_table)} rows but actor_rollout_ref.rollout.n={n} needs "
+                f"n+1 = {n + 1} (one [alpha, beta] row per number of correct rollouts 0..n)")
+
+        demo_field = node["demo_field"]
+        if not isinstance(demo_field, str) or not demo_field:
+            raise HPTConfigError(f"hpt.demo_field={demo_field!r} must be a non-empty string")
+
+        threshold = node["skip_grad_norm_above"]
+        if threshold is not None:
+            try:
+                t = float(threshold)
+            except (TypeError, ValueError):
+                t = float("nan")
+            if not (math.isfinite(t) and t > 0):
+                raise HPTConfigError(f"hpt.skip_grad_norm_above={threshold!r} must be a positive number or null")
+            threshold = t
+        skips = node["max_consecutive_skips"]
+        if skips is not None and (isinstance(skips, bool) or not isinstance(skips, int) or skips < 0):
+            raise HPTConfigError(f"hpt.max_consecutive_skips={skips!r} must be an integer >= 0 (0 or null: never stop)")
+
+        data = DataOptions.from_mapping(node["data"])
+        if data.missing_demo_policy == "rl" and not gate.can_choose_rl():
+            raise HPTConfigError(
+                f"hpt.data.on_missing_demo=rl keeps questions without a demonstration for RL, but "
+                f"hpt.gate.strategy={gate.strategy} never trains on rollouts: use on_missing_demo=skip|error, or a "
+                f"gate that can choose RL (switch, soft, fixed with fixed_alpha > 0)")
+
+        if node["loss"] is None:
+            raise HPTConfigError("hpt.loss is null: pick a loss preset (upge=<preset>, recipe/hpt/config/upge/)")
+        loss = load_upge_config(node["loss"])
+        if gate.can_choose_sft():
+            for arm in gate.demo_arms:  # the loss arms demonstration rows go to
+                if getattr(loss, arm, None) is None:
+                    raise HPTConfigError(
+                        f"hpt.gate.strategy={gate.strategy} can route questions to SFT but the loss preset has no "
+                        f"{arm} arm (hpt.loss.{arm}: null, e.g. upge=grpo): pick a preset with a {arm} arm or "
+                        f"hpt.gate.strategy=never")
+        if gate.can_choose_rl() and loss.rollout is None:
+            raise HPTConfigError(
+                f"hpt.gate.strategy={gate.strategy} keeps rollouts for RL but the loss preset has no rollout arm "
+                f"(hpt.loss.rollout: null, e.g. upge=sft): pick a preset with a rollout arm or "
+                f"hpt.gate.strategy=always")
+        return cls(demo_field=demo_field, skip_grad_norm_above=threshold, max_consecutive_skips=skips or None,
+                   data=data, gate=gate, loss=loss)
