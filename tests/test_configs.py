@@ -32,6 +32,7 @@ ALL_EXPS = sorted(p.stem for p in EXP_DIR.glob("*.yaml"))
 COMPOSE_AS = {
     "hpt_paper_eq": ["hpt_qwen7b", "hpt_paper_eq"],
     "llama_zero_template": ["baseline_grpo", "llama_zero_template"],
+    "hpt_staged": ["hpt_qwen7b", "hpt_staged"],
 }
 # hpt.gate.demo_arms of the files that do not use the default [demo] (only these have a demo_off arm).
 DEMO_ARMS = {"table5_mix_on": ("demo", "demo_off"), "table5_off_on": ("demo_off",)}
@@ -94,6 +95,16 @@ EXPECTED = {
                       "hpt.loss.average_over_dp_ranks": True, "hpt.loss.entropy_agg": "micro-token-mean",
                       "actor_rollout_ref.actor.calculate_entropy": True,
                       "algorithm.norm_adv_by_std_in_grpo": False},
+    "hpt_staged": {**QWEN7B, "hpt.stages": [{"rollouts": 4}, {"rollouts": 4, "max_correct": 0,
+                                                               "action": "stop_to_sft"}]},
+    "rasft": {"hpt.gate.strategy": "soft", "hpt.gate.soft_fn": "rasft", "hpt.gate.placement": "replace",
+              "hpt.gate.soft_params.r_max": 3.0, "hpt.gate.soft_params.adv_alpha": 0.4,
+              "hpt.gate.soft_params.rollout_cap": 0.15, "hpt.loss.rollout.ref": "self",
+              "hpt.loss.rollout.adv": "outcome", "hpt.loss.rollout.adv_incorrect": 0.0,
+              "hpt.loss.rollout.agg": "token-mean", "hpt.loss.demo.agg": "token-mean",
+              "actor_rollout_ref.rollout.n": 3, "actor_rollout_ref.rollout.temperature": 0.9,
+              "actor_rollout_ref.actor.entropy_coeff": 0.0, "actor_rollout_ref.actor.optim.lr": 4e-5,
+              "actor_rollout_ref.actor.optim.weight_decay": 0.0},
     "table5_sft_on": QWEN1_5B,
     # Table 5: one loss (SFT demo arm at 0.3 + off-policy demo_off arm), rows chosen by hpt.gate.demo_arms
     "table5_off_on": {**QWEN1_5B, **OFF_ARM, **TABLE5_GATE, "hpt.gate.demo_arms": ["demo_off"],
@@ -126,6 +137,7 @@ RELEASE_GPU = {
 RELEASE_GPU_EXCEPT = {  # keys a run file changes on purpose (checked in EXPECTED instead)
     "baseline_sft": {"data.train_batch_size", "trainer.total_training_steps", "trainer.test_freq",
                      "trainer.save_freq", "actor_rollout_ref.actor.entropy_coeff"},
+    "rasft": {"actor_rollout_ref.actor.entropy_coeff", "actor_rollout_ref.actor.optim.weight_decay"},
 }
 
 

@@ -318,3 +318,42 @@ def test_error_path_is_the_callers():
 
 def test_gate_config_error_is_a_value_error():
     assert issubclass(GateConfigError, ValueError)
+
+
+# ------------------------------------------------------------------ RASFT and DYPO (issue 16)
+
+
+def test_rasft_weights_match_the_source_worked_example():
+    """K = 3 rollouts, k = 1 correct, 2 negatives kept: R_E = 1 + (2/3)·2, group [R_E, 1, 0, 0],
+    A = tanh(0.4·z) with the population std: demonstration ≈ 0.278, the correct rollout ≈ 0.0087."""
+    cfg = GateConfig.from_mapping({"strategy": "soft", "soft_fn": "rasft"})
+    alpha, beta = gate_by_pass_rate(np.array([0, 1, 2, 3]), np.array([3, 3, 3, 3]), cfg)
+    g = np.array([1 + 2 / 3 * 2, 1.0, 0.0, 0.0])
+    a = np.tanh(0.4 * (g - g.mean()) / (g.std() + 1e-6))
+    assert beta[1] == pytest.approx(a[0] / 2) and beta[1] == pytest.approx(0.2779, abs=1e-4)
+    assert alpha[1] == pytest.approx(0.25 * np.clip(a[1] / 2, 0.02, 0.15))
+    assert alpha[1] == pytest.approx(0.0087, abs=1e-4)
+    # none correct: the demonstration at full weight, no rollout; all correct: zero variance, the same
+    assert (alpha[0], beta[0]) == (0.0, 1.0) and (alpha[3], beta[3]) == (0.0, 1.0)
+    # k = 2: one negative left; the demonstration's weight falls as more rollouts succeed
+    assert 0 < beta[2] < beta[1] and alpha[2] == pytest.approx(0.25 * 0.02)  # clipped at the floor
+    # parameters from YAML change the values (r_max = 5: a larger expert reward)
+    cfg5 = GateConfig.from_mapping({"strategy": "soft", "soft_fn": "rasft", "soft_params": {"r_max": 5.0}})
+    assert gate_by_pass_rate(np.array([1]), np.array([3]), cfg5)[1][0] > beta[1]
+
+
+def test_soft_params_are_checked():
+    with pytest.raises(GateConfigError, match=r"hpt\.gate\.soft_params: unknown key\(s\) \['rmax'\]"):
+        GateConfig.from_mapping({"strategy": "soft", "soft_fn": "rasft", "soft_params": {"rmax": 5}})
+    with pytest.raises(GateConfigError, match=r"soft_params is set but hpt\.gate\.soft_fn is not"):
+        GateConfig.from_mapping({"strategy": "switch", "soft_params": {"r_max": 5}})
+    with pytest.raises(GateConfigError, match=r"rollout_floor 0\.2 > rollout_cap 0\.15"):
+        GateConfig.from_mapping({"strategy": "soft", "soft_fn": "rasft", "soft_params": {"rollout_floor": 0.2}})
+
+
+def test_drop_all_correct_removes_only_all_correct_questions():
+    cfg = GateConfig.from_mapping({"strategy": "switch", "gamma": 0.0, "drop_all_correct": True})
+    alpha, beta = gate_by_pass_rate(np.array([0, 3, 8, 5]), np.array([8, 8, 8, 8]), cfg)
+    assert alpha.tolist() == [0.0, 1.0, 0.0, 1.0] and beta.tolist() == [1.0, 0.0, 0.0, 0.0]
+    plain = GateConfig.from_mapping({"strategy": "switch", "gamma": 0.0})
+    assert gate_by_pass_rate(np.array([8]), np.array([8]), plain)[0].tolist() == [1.0]

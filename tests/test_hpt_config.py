@@ -51,6 +51,7 @@ def test_the_default_config_gives_typed_values(default_config):
     assert hpt.data.missing_demo_policy == "error"
     assert hpt.gate == GateConfig(strategy="switch", gamma=0.0) and hpt.gate.can_choose_sft()
     assert isinstance(hpt.loss, UPGELossConfig) and hpt.loss == load_upge_config(default_config.hpt.loss)
+    assert hpt.stages is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         hpt.demo_field = "solution"
     # 0 and null both mean "never stop"
@@ -68,6 +69,7 @@ def test_the_default_config_gives_typed_values(default_config):
     ("hpt__data", [1], r"hpt\.data must be a mapping"),
     ("hpt__gate__gamma", 2, r"hpt\.gate\.gamma=2\.0 must lie in \[0, 1\]"),
     ("hpt__loss", None, r"hpt\.loss is null"),
+    ("hpt__stages", [{"rollouts": 3}], r"hpt\.stages"),
     ("hpt__bogus", 1, r"hpt: unknown key\(s\) \['bogus'\]"),
 ])
 def test_a_bad_value_names_its_dotted_key(default_config, key, value, match):
@@ -128,3 +130,23 @@ def test_the_converter_writes_the_demonstration_where_the_yaml_default_reads_it(
 def test_gate_says_which_arms_it_can_choose(gate, sft, rl):
     cfg = GateConfig.from_mapping(gate)
     assert (cfg.can_choose_sft(), cfg.can_choose_rl()) == (sft, rl)
+
+
+def test_stages_are_refused_with_a_soft_table_and_with_the_sft_only_baseline(default_config):
+    from omegaconf import OmegaConf
+
+    from verl_ext.hpt.config import HPTConfigError
+
+    staged = [{"rollouts": 2}, {"rollouts": 2, "max_correct": 0, "action": "stop_to_sft"}]
+    cfg = OmegaConf.create(OmegaConf.to_container(default_config))
+    cfg.actor_rollout_ref.rollout.n = 4
+    cfg.hpt.stages = staged
+    assert HPTConfig.from_config(cfg).stages[1].action == "stop_to_sft"
+    cfg.hpt.gate.strategy = "soft"
+    cfg.hpt.gate.soft_table = [[0, 1], [1, 0], [1, 0], [1, 0], [1, 0]]
+    with pytest.raises(HPTConfigError, match=r"hpt\.stages with hpt\.gate\.soft_table"):
+        HPTConfig.from_config(cfg)
+    cfg.hpt.gate.soft_table = None
+    cfg.hpt.gate.strategy = "always"
+    with pytest.raises(HPTConfigError, match=r"hpt\.stages is set but hpt\.gate\.strategy=always"):
+        HPTConfig.from_config(cfg)

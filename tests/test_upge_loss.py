@@ -306,6 +306,11 @@ def reference_loss(name, batch):
         return const_len_sum(-a_on * logp_all, ro) + const_len_sum(-A * off, de) + sft
     if name in ("hpt", "hpt_release", "hpt_release_global"):
         return const_len_sum(on_policy, ro) + nll_token_mean(de)
+    if name == "rasft":
+        # weighted SFT only: correct rollouts imitated (Â = 1), wrong ones not (Â = 0), each arm a token mean
+        correct = (batch.row_score == 1.0).to(DT).unsqueeze(-1)
+        m = masked(batch, ro)
+        return -(correct[ro] * logp_all[ro] * m).sum() / m.sum() + nll_token_mean(de)
     if name == "hpt_release_off":
         p = logp_all.exp()
         off = _arm_rows(batch, "demo_off")
@@ -339,7 +344,7 @@ def preset_batch(name, seed=0):
 def test_every_preset_has_a_reference():
     assert set(PRESETS) == {
         "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft", "srft_release",
-        "hpt", "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off",
+        "hpt", "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off", "rasft",
     }  # fmt: skip
 
 

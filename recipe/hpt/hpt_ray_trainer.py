@@ -17,23 +17,27 @@ unchanged code. "Breaks if" says what to re-check when verl changes.
 3. ``_update_actor``: per-arm token totals per global mini-batch (``annotate_arm_token_counts``),
    skipped-step accounting, infinite ratio metrics dropped. Breaks if verl cuts mini-batches
    differently (``make_iterator``, shuffle) or renames the ``actor/*`` skip flags.
-4. ``init_workers``: the SFT-only baseline (``strategy=always``) gets demonstration "rollouts" and
-   deferred weight pushes. Breaks if verl renames ``async_rollout_manager``/``checkpoint_manager``
-   or their methods.
+4. ``init_workers``: staged generation (``hpt.stages``) wraps verl's rollout manager
+   (:class:`verl_ext.hpt.staged_rollout.StagedRolloutManager`); the SFT-only baseline
+   (``strategy=always``) gets demonstration "rollouts" and deferred weight pushes. Breaks if verl
+   renames ``async_rollout_manager``/``checkpoint_manager`` or their methods.
 5. ``_save_checkpoint`` / ``_load_checkpoint``: ``hpt_state.json`` written before verl's tracker
    file, restored after its load. Breaks if verl moves the tracker write or the
    ``global_step_<n>`` folder layout.
 
 Hook 1 is the step itself, read top to bottom in :meth:`RayHPTTrainer._gate_and_merge`:
 
+0. rows never drawn (staged generation's placeholders) leave the batch
+   (:func:`verl_ext.hpt.staged_rollout.drop_placeholders`);
 1. gate (:mod:`verl_ext.hpt.gate`): each question's pass rate over its rollouts' ``rm_scores``
-   → weights (α_q, β_q);
+   → weights (α_q, β_q); a question stopped early goes to SFT (α = 0, β = 1);
 2. demonstrations (:mod:`verl_ext.hpt.demonstrations`): a gated question without a usable one is
    trained with RL instead (α = 1, β = 0; ``hpt/demo_missing``); the others are encoded after
    their prompt and scored with the run's reward (:class:`verl_ext.hpt.demo_scoring.DemoScorer`);
 3. merge (:mod:`verl_ext.hpt.merge`): kept rollouts + demonstration rows, each flagged with its
    ``RowKind`` and weight, as a new batch (the input batch is only read);
-4. metrics: ``hpt/*`` step metrics and the cumulative ``hpt_state``.
+4. metrics: ``hpt/*`` step metrics and the cumulative ``hpt_state``; the generation accounting
+   (``hpt/gen/*``: tokens generated, wasted on questions trained with SFT only, saved by stopping).
 
 ``_hpt_balance_batch`` then pads the merged batch and makes the one in-place replacement verl
 needs (:func:`_replace_in_place`: ``fit`` keeps using the batch object it passed to the hook).
@@ -80,6 +84,8 @@ from verl_ext.hpt.demonstrations import (
     usable_demonstrations,
 )
 from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
+from verl_ext.hpt.staged_rollout import drop_placeholders
+from verl_ext.hpt.stages import SAMPLED_KEY, generation_accounting
 from verl_ext.hpt.metrics import hpt_step_metrics
 from verl_ext.loss.batch_keys import HPT_ROW_KIND, RowKind
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
@@ -212,11 +218,14 @@ class RayHPTTrainer(RayPPOTrainer):
         self.demo_field = hpt.demo_field
         self.max_consecutive_skips = hpt.max_consecutive_skips
         self._demo_scorer = DemoScorer.from_config(self.config)
+        self.stages = hpt.stages  # staged generation (None: all n rollouts at once), see init_workers
         # Cumulative statistics (persisted in checkpoints).
         self.hpt_state: dict[str, Any] = {
             "questions": 0, "gated": 0, "steps": 0, "demo_truncated": 0, "demo_missing": 0,
             "skipped_steps": 0, "skipped_steps_grad_norm": 0, "consecutive_skips": 0,
             "reward_timeouts": 0, "reward_grader_errors": 0,
+            "gen_tokens": 0, "gen_tokens_wasted": 0, "gen_tokens_saved_est": 0, "gen_rows_skipped": 0,
+            "stopped_to_sft": 0,
             "batch_indices": {}, "gate_decisions": {},
         }
 
@@ -265,22 +274,40 @@ class RayHPTTrainer(RayPPOTrainer):
         read. Demonstration rows keep a ``rollout_log_probs`` placeholder (zeros, from the merge):
         the key must stay for every row or verl drops the mismatch metric and rollout correction for
         the whole step; ``_compute_old_log_prob`` overwrites it with the actor's own log-probs."""
-        stats, question_ids, alpha, beta = self._gate(batch)
-        demos, alpha, beta = self._demonstrations(batch, stats, alpha, beta, question_ids)
+        drawn, stopped_uids = drop_placeholders(batch)
+        stats, question_ids, alpha, beta = self._gate(drawn, stopped_uids, metrics)
+        demos, alpha, beta = self._demonstrations(drawn, stats, alpha, beta, question_ids)
         merged, mstats = merge_demonstrations(
-            batch, stats, alpha, beta, demos.ids, self._pad_token_id(), placement=self.gate_config.placement,
+            drawn, stats, alpha, beta, demos.ids, self._pad_token_id(), placement=self.gate_config.placement,
             demo_scores=demos.scores, demo_extra=demos.extra, demo_arms=self.gate_config.demo_arms)
         self._record_step(metrics, merged, stats, mstats, alpha, beta, demos, question_ids)
+        self._record_generation(metrics, batch, stats, alpha)
         return merged
 
-    def _gate(self, batch: DataProto):
-        """Phase 1: per-question statistics of the rollouts' scores and the gate's (α, β)."""
+    def _gate(self, batch: DataProto, stopped_uids: Optional[np.ndarray], metrics: dict):
+        """Phase 1: per-question statistics of the drawn rollouts' scores and the gate's (α, β).
+        Questions that staged generation stopped early (``stop_to_sft``) go to SFT: α = 0, β = 1."""
         cfg = self.gate_config
         scores = batch.batch["rm_scores"].sum(-1).float().numpy()
         stats = question_stats(batch.non_tensor_batch["uid"], scores, cfg.correct_threshold)
         infos = batch.non_tensor_batch.get("extra_info")
         question_ids = [question_id(infos[int(r)] if infos is not None else None) for r in stats.first_row]
         alpha, beta = gate_by_pass_rate(stats.correct, stats.n, cfg)
+        if cfg.drop_all_correct:
+            dropped = (stats.correct >= stats.n) & (alpha == 0) & (beta == 0)
+            if dropped.all():
+                # Nothing left to train: keep them this step (all-correct groups have advantage 0 under
+                # GRPO, so only the entropy bonus acts) instead of failing after generation.
+                alpha = np.where(dropped, 1.0, alpha)
+                metrics["hpt/dropped_all_correct_kept"] = int(dropped.sum())
+                dropped[:] = False
+            metrics["hpt/dropped_all_correct"] = int(dropped.sum())
+            self.hpt_state["dropped_all_correct"] = self.hpt_state.get("dropped_all_correct", 0) + int(dropped.sum())
+        if stopped_uids is not None:
+            stopped = np.isin(stats.uids, stopped_uids)
+            alpha, beta = np.where(stopped, 0.0, alpha), np.where(stopped, 1.0, beta)
+            metrics["hpt/stages/stopped_to_sft"] = int(stopped.sum())
+            self.hpt_state["stopped_to_sft"] = self.hpt_state.get("stopped_to_sft", 0) + int(stopped.sum())
         return stats, question_ids, alpha, beta
 
     def _demonstrations(self, batch: DataProto, stats, alpha: np.ndarray, beta: np.ndarray,
@@ -340,6 +367,23 @@ class RayHPTTrainer(RayPPOTrainer):
         metrics["hpt/demo_missing"] = len(demos.missing)
         metrics["hpt/demo_prefix_overlap"] = sum(1 for n in demos.overlaps if n)  # starts dropped (prompt holds them)
         metrics["hpt/cumulative/demo_missing"] = st["demo_missing"]
+
+    def _record_generation(self, metrics: dict, batch: DataProto, stats, alpha: np.ndarray) -> None:
+        """Tokens generated this step (``fit``'s batch, placeholders included) and where they went:
+        ``hpt/gen/*`` per step, ``hpt/cumulative/gen_*`` and ``hpt_summary.json`` over the run."""
+        nt = batch.non_tensor_batch
+        n_rows = len(batch)
+        sampled = np.asarray(nt[SAMPLED_KEY], dtype=bool) if SAMPLED_KEY in nt else np.ones(n_rows, dtype=bool)
+        index = {u: q for q, u in enumerate(stats.uids)}
+        question = np.asarray([index[u] for u in nt["uid"]], dtype=np.int64)
+        tokens = batch.batch["response_mask"].sum(-1).numpy()
+        acc = generation_accounting(tokens, sampled, question, trained_rl=np.asarray(alpha) > 0)
+        for key, value in acc.items():
+            metrics[f"hpt/gen/{key}"] = value
+        st = self.hpt_state
+        for key in ("tokens", "tokens_wasted", "tokens_saved_est", "rows_skipped"):
+            st[f"gen_{key}"] = st.get(f"gen_{key}", 0) + acc[key]
+            metrics[f"hpt/cumulative/gen_{key}"] = st[f"gen_{key}"]
 
     def _count_reward_flags(self, batch: DataProto, metrics: dict) -> None:
         """Sum the grader's per-answer flags (timeouts, crashes; both scored 0) of this step's rollouts."""
@@ -518,6 +562,9 @@ class RayHPTTrainer(RayPPOTrainer):
                           "consecutive_skips": st.get("consecutive_skips", 0),
                           "max_consecutive_skips": self.max_consecutive_skips},
             "reward": {"timeouts": st.get("reward_timeouts", 0), "grader_errors": st.get("reward_grader_errors", 0)},
+            "generation": {k: st.get(f"gen_{k}", 0) for k in ("tokens", "tokens_wasted", "tokens_saved_est",
+                                                                "rows_skipped")}
+            | {"stopped_to_sft": st.get("stopped_to_sft", 0), "dropped_all_correct": st.get("dropped_all_correct", 0)},
         }
 
     def write_summary(self) -> Optional[str]:
@@ -537,6 +584,12 @@ class RayHPTTrainer(RayPPOTrainer):
     # ------------------------------------------------------------------ hook 3: SFT-only baseline
     def init_workers(self):
         super().init_workers()
+        if self.stages is not None:
+            from verl_ext.hpt.staged_rollout import StagedRolloutManager
+
+            self.async_rollout_manager = StagedRolloutManager(
+                self.async_rollout_manager, self.stages, n=int(self.config.actor_rollout_ref.rollout.n),
+                correct_threshold=self.gate_config.correct_threshold)
         if not self.gate_config.needs_rollouts:
             from verl_ext.hpt.demo_rollout import DeferredWeightSync, DemonstrationRolloutManager
 

@@ -6,8 +6,9 @@ the same config): ``hpt.gate`` (strategy, γ ∈ [0, 1], soft table, ...: :class
 ``actor_rollout_ref.rollout.n >= 2`` for a pass-rate gate (switch/soft) and n+1 rows in a soft table,
 the loss preset (``hpt.loss``, :func:`verl_ext.loss.load_upge_config`) has the arms the gate can route
 rows to, ``hpt.data.*`` (:class:`DataOptions`), ``hpt.demo_field``, ``hpt.max_consecutive_skips``,
-``hpt.skip_grad_norm_above``. Every error names the dotted key. Unknown preset names (``upge=foo``,
-``+exp=foo``) are refused by Hydra itself, listing the available ones.
+``hpt.skip_grad_norm_above``, ``hpt.stages`` (:func:`verl_ext.hpt.stages.load_stages`). Every error
+names the dotted key. Unknown preset names (``upge=foo``, ``+exp=foo``) are refused by Hydra itself,
+listing the available ones.
 
 One home per default: ``recipe/hpt/config/hpt_trainer.yaml``. It is what users read and override and
 what every run composes, so the dataclasses here have no defaults: a key missing from the node is an
@@ -29,6 +30,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 from verl_ext.hpt.gate import GateConfig
+from verl_ext.hpt.stages import Stage, load_stages
 from verl_ext.loss.config import UPGELossConfig, load_upge_config
 
 ON_BAD_ROW = ("error", "skip")
@@ -139,6 +141,7 @@ class HPTConfig:
     data: DataOptions
     gate: GateConfig
     loss: UPGELossConfig
+    stages: Optional[tuple[Stage, ...]]  # None: all n rollouts at once (verl_ext/hpt/stages.py)
 
     @classmethod
     def from_config(cls, config) -> "HPTConfig":
@@ -201,5 +204,14 @@ class HPTConfig:
                 f"hpt.gate.strategy={gate.strategy} keeps rollouts for RL but the loss preset has no rollout arm "
                 f"(hpt.loss.rollout: null, e.g. upge=sft): pick a preset with a rollout arm or "
                 f"hpt.gate.strategy=always")
+        stages = load_stages(to_plain(node["stages"]), n)
+        if stages is not None and gate.strategy == "soft" and gate.soft_table is not None:
+            raise HPTConfigError(
+                "hpt.stages with hpt.gate.soft_table: a question stopped early has fewer than n rollouts, which a "
+                "table of n+1 rows cannot index; use hpt.gate.soft_fn (a function of k and n) instead")
+        if stages is not None and not gate.needs_rollouts:
+            raise HPTConfigError(
+                f"hpt.stages is set but hpt.gate.strategy={gate.strategy} draws no rollouts during training "
+                f"(the SFT-only baseline): set hpt.stages=null")
         return cls(demo_field=demo_field, skip_grad_norm_above=threshold, max_consecutive_skips=skips or None,
-                   data=data, gate=gate, loss=loss)
+                   data=data, gate=gate, loss=loss, stages=stages)

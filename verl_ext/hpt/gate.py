@@ -10,13 +10,18 @@ Strategies (``hpt.gate.strategy``):
 
 - ``switch``  α = 1[P > γ], β = 1[P ≤ γ]  (Eq. 10; what the paper and its release ran)
 - ``soft``    (α, β) read from ``soft_table`` indexed by the number of correct rollouts k = nP
-              (n+1 rows), or from ``soft_fn`` (``linear``: α = P, β = 1 − P)
+              (n+1 rows), or from ``soft_fn``, a named function of (k, n) with parameters
+              ``soft_params`` (:mod:`verl_ext.hpt.weight_functions`: ``linear``: α = P, β = 1 − P;
+              ``rasft``: RASFT's demonstration and correct-rollout weights)
 - ``fixed``   α = ``fixed_alpha``, β = ``fixed_beta`` for every question (a fixed SFT/RL mix)
 - ``always``  α = 0, β = 1 (SFT only; the trainer then skips generation altogether)
 - ``never``   α = 1, β = 0 (pure RL, e.g. GRPO through the same trainer)
 
 A rollout counts as correct when its score is >= ``correct_threshold`` (the release counts
 reward == 1 exactly, which is the same for a binary verifier).
+
+``drop_all_correct`` (DYPO, arXiv 2604.08926): a question whose n rollouts are all correct leaves
+the update (α = β = 0; counted as ``hpt/dropped_all_correct``), whatever the strategy says.
 
 Which demonstration rows a question with β > 0 gets (``hpt.gate.demo_arms``, the merge builds
 them; each row is trained by the ``hpt.loss`` arm of the same name):
@@ -36,11 +41,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from verl_ext.hpt.weight_functions import PARAMS as SOFT_FUNCTION_PARAMS
+from verl_ext.hpt.weight_functions import resolve_params, soft_weights
 from verl_ext.loss.config import DEMO_ARMS
 
 STRATEGIES = ("switch", "soft", "fixed", "always", "never")
 PLACEMENTS = ("replace", "add")
-SOFT_FUNCTIONS = ("linear",)
+SOFT_FUNCTIONS = tuple(SOFT_FUNCTION_PARAMS)
 
 
 class GateConfigError(ValueError):
@@ -80,6 +87,8 @@ class GateConfig:
     fixed_beta: float = 1.0
     correct_threshold: float = 1.0
     demo_arms: tuple[str, ...] = ("demo",)
+    soft_params: Optional[tuple[tuple[str, Any], ...]] = None  # soft_fn's parameters, as sorted (key, value) pairs
+    drop_all_correct: bool = False
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None, path: str = "hpt.gate") -> "GateConfig":
@@ -93,6 +102,11 @@ class GateConfig:
                 node[key] = _parse_number(f"{path}.{key}", node[key])
         if "demo_arms" in node:
             node["demo_arms"] = _demo_arms(f"{path}.demo_arms", node["demo_arms"])
+        if node.get("soft_params") is not None:
+            params = node["soft_params"]
+            if not hasattr(params, "items"):
+                raise GateConfigError(f"{path}.soft_params={params!r} must be a mapping (or null)")
+            node["soft_params"] = tuple(sorted(dict(params).items()))
         if node.get("soft_table") is not None:
             node["soft_table"] = tuple(
                 tuple(_parse_number(f"{path}.soft_table[{i}]", x) for x in row)
@@ -113,9 +127,18 @@ class GateConfig:
                 raise GateConfigError(f"{path}: strategy=soft needs exactly one of soft_table / soft_fn")
             if self.soft_fn is not None and self.soft_fn not in SOFT_FUNCTIONS:
                 raise GateConfigError(f"{path}.soft_fn={self.soft_fn!r} is not one of {list(SOFT_FUNCTIONS)}")
+            if self.soft_fn is not None:
+                try:
+                    resolve_params(self.soft_fn, dict(self.soft_params or ()), f"{path}.soft_params")
+                except ValueError as e:
+                    raise GateConfigError(str(e)) from None
             for i, row in enumerate(self.soft_table or ()):
                 if len(row) != 2 or min(row) < 0:
                     raise GateConfigError(f"{path}.soft_table[{i}]={list(row)} must be [alpha, beta] with both >= 0")
+        if self.soft_params is not None and self.soft_fn is None:
+            raise GateConfigError(f"{path}.soft_params is set but {path}.soft_fn is not (strategy=soft, soft_fn=...)")
+        if not isinstance(self.drop_all_correct, bool):
+            raise GateConfigError(f"{path}.drop_all_correct={self.drop_all_correct!r} must be true or false")
         if self.strategy == "fixed" and (self.fixed_alpha < 0 or self.fixed_beta < 0):
             raise GateConfigError(f"{path}: fixed_alpha/fixed_beta must be >= 0")
         arms = _demo_arms(f"{path}.demo_arms", self.demo_arms)
@@ -227,15 +250,14 @@ def gate_by_pass_rate(correct: np.ndarray, n: np.ndarray, cfg: GateConfig) -> tu
     """Weights (α, β) per question, each (Q,) float64: α on the rollouts, β on the demonstration."""
     correct = np.asarray(correct, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
-    p = correct / np.maximum(n, 1)
     q = correct.shape[0]
     if cfg.strategy == "switch":
         # P ≤ γ compared on counts (k ≤ γn) so that γ = 2/8 is exact for n = 8.
         gated = correct <= cfg.gamma * n + 1e-9
         alpha, beta = (~gated).astype(np.float64), gated.astype(np.float64)
     elif cfg.strategy == "soft":
-        if cfg.soft_fn == "linear":
-            alpha, beta = p.astype(np.float64), 1.0 - p
+        if cfg.soft_fn is not None:
+            alpha, beta = soft_weights(cfg.soft_fn, correct, n, dict(cfg.soft_params or ()))
         else:
             table = np.asarray(cfg.soft_table, dtype=np.float64)
             if np.any(n != table.shape[0] - 1):
@@ -255,4 +277,7 @@ def gate_by_pass_rate(correct: np.ndarray, n: np.ndarray, cfg: GateConfig) -> tu
         raise GateConfigError(f"hpt.gate.strategy={cfg.strategy!r}")
     if cfg.keep_gated_rollouts:
         alpha = np.where(beta > 0, 1.0, alpha)
+    if cfg.drop_all_correct:
+        everything_right = correct >= n
+        alpha, beta = np.where(everything_right, 0.0, alpha), np.where(everything_right, 0.0, beta)
     return alpha, beta
