@@ -105,6 +105,12 @@ EXPECTED = {
               "actor_rollout_ref.rollout.n": 3, "actor_rollout_ref.rollout.temperature": 0.9,
               "actor_rollout_ref.actor.entropy_coeff": 0.0, "actor_rollout_ref.actor.optim.lr": 4e-5,
               "actor_rollout_ref.actor.optim.weight_decay": 0.0},
+    "dypo": {"hpt.gate.strategy": "switch", "hpt.gate.gamma": 0.0, "hpt.gate.drop_all_correct": True,
+             "hpt.loss.rollout.stable": "gspo_seq_clip", "hpt.loss.rollout.ref": "gspo_seq",
+             "hpt.loss.gal_coef": 0.001, "hpt.loss.gal_beta": 0.1, "hpt.loss.demo.agg": "token-mean",
+             "algorithm.norm_adv_by_std_in_grpo": True, "data.train_batch_size": 16,
+             "actor_rollout_ref.actor.ppo_mini_batch_size": 16, "actor_rollout_ref.actor.optim.lr": 5e-7,
+             "actor_rollout_ref.actor.entropy_coeff": 0.01},
     "table5_sft_on": QWEN1_5B,
     # Table 5: one loss (SFT demo arm at 0.3 + off-policy demo_off arm), rows chosen by hpt.gate.demo_arms
     "table5_off_on": {**QWEN1_5B, **OFF_ARM, **TABLE5_GATE, "hpt.gate.demo_arms": ["demo_off"],
@@ -138,6 +144,8 @@ RELEASE_GPU_EXCEPT = {  # keys a run file changes on purpose (checked in EXPECTE
     "baseline_sft": {"data.train_batch_size", "trainer.total_training_steps", "trainer.test_freq",
                      "trainer.save_freq", "actor_rollout_ref.actor.entropy_coeff"},
     "rasft": {"actor_rollout_ref.actor.entropy_coeff", "actor_rollout_ref.actor.optim.weight_decay"},
+    "dypo": {"actor_rollout_ref.actor.entropy_coeff", "data.train_batch_size",
+             "actor_rollout_ref.actor.ppo_mini_batch_size"},
 }
 
 

@@ -14,6 +14,7 @@ import functools
 import os
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import verl
@@ -285,10 +286,9 @@ def reference_loss(name, batch):
         return verl_policy_loss("vanilla", batch, ro, "seq-mean-token-sum-norm")
     if name == "cispo":
         return verl_policy_loss("cispo", batch, ro, "token-mean", clip_ratio_low=1.0, clip_ratio_high=0.2)
-    if name == "gspo":
-        return verl_policy_loss(
-            "gspo", batch, ro, "seq-mean-token-mean", clip_ratio_low=0.0003, clip_ratio_high=0.0004
-        )
+    if name in ("gspo", "dypo"):
+        rl = verl_policy_loss("gspo", batch, ro, "seq-mean-token-mean", clip_ratio_low=0.0003, clip_ratio_high=0.0004)
+        return rl if name == "gspo" else rl + nll_token_mean(de)  # dypo: + SFT (its GAL term tested apart)
     on_policy = -A * torch.exp(logp_all - batch.old_log_probs)
     if name == "luffy":
         p = logp_all.exp()
@@ -335,7 +335,7 @@ def preset_batch(name, seed=0):
     if name in ("ppo", "grpo", "dr_grpo", "hpt_paper"):
         # large enough drift for ratios beyond 1±0.2 and beyond the dual clip c=3
         drift = torch.full((n,), 1.2, dtype=DT)
-    if name == "gspo":
+    if name in ("gspo", "dypo"):
         # GSPO's ε=3e-4 clips almost every sequence at drift 0.6: mix near-on-policy rows in.
         drift = torch.tensor([1e-5, 0.3, 1e-5, 1e-5, 0.3, 1e-5, 0.3, 1e-5, 1e-5], dtype=DT)
     return Batch(n, seed, demo=demo, demo_off=demo_off, drift=drift)
@@ -344,7 +344,7 @@ def preset_batch(name, seed=0):
 def test_every_preset_has_a_reference():
     assert set(PRESETS) == {
         "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft", "srft_release",
-        "hpt", "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off", "rasft",
+        "hpt", "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off", "rasft", "dypo",
     }  # fmt: skip
 
 
@@ -352,6 +352,8 @@ def test_every_preset_has_a_reference():
 def test_preset_gradient_matches_reference(name):
     batch = preset_batch(name)
     upge = preset(name)
+    if upge.gal_coef:  # DYPO's group alignment term has its own parity tests (test_gal_*)
+        upge = replace(upge, gal_coef=0.0)
     td = batch.tensordict()
     # entropy_coeff is verl's default 0: the entropy output only feeds the H̄-weighted parts
     loss, metrics = run_loss(batch, upge_loss_fn(upge), td, one_micro(batch), with_entropy=upge.needs_row_entropy)
@@ -963,3 +965,76 @@ def test_split_dependence_warning_names_the_terms_and_the_fix():
     msg0 = split_dependence_warning(preset("hpt_release"), use_dynamic_bsz=True, entropy_coeff=0.0)
     assert "hpt.loss.demo" in msg0 and "entropy" not in msg0.split("with actor")[0]
     assert split_dependence_warning(preset("hpt_release_global"), use_dynamic_bsz=True, entropy_coeff=0.0) is None
+
+
+# ------------------------------------------------------------------ DYPO's group alignment term (issue 16)
+
+
+def test_gal_coefficients_are_the_pairwise_loss_gradient():
+    from verl_ext.loss.gal import gal_group
+
+    s = torch.tensor([-3.0, -7.5, -1.2, -4.4, -9.0], dtype=DT, requires_grad=True)
+    correct = torch.tensor([True, False, True, False, False])
+    beta = 0.1
+    d = beta * (s[correct][:, None] - s[~correct][None, :])
+    exact = torch.nn.functional.softplus(-d).mean()  # mean −log σ(d_ij)
+    (g,) = torch.autograd.grad(exact, s)
+    loss, c = gal_group(s.detach().numpy(), correct.numpy(), beta)
+    assert loss == pytest.approx(float(exact))
+    np.testing.assert_allclose(-c / len(s), g.numpy(), rtol=1e-12, atol=1e-15)
+    assert abs(c.sum()) < 1e-12 and c[correct.numpy()].min() > 0 > c[~correct.numpy()].max()
+    assert gal_group(s.detach().numpy(), np.ones(5, bool), beta)[0] == 0.0  # no failure: no pair
+
+
+def test_gal_term_gradient_equals_the_pairwise_loss_for_any_split():
+    """gal_coef · surrogate gives, at θ = θold, the gradient of gal_coef · mean_groups L_g(s(θ)) with
+    s = Σ_t log π_θ over each rollout's tokens, whatever the micro-batch split and DP size."""
+    from verl_ext.loss.gal import HPT_GAL_WEIGHT, gal_row_weights
+
+    batch = Batch(10, seed=31, demo=[8, 9], drift=torch.zeros(10, dtype=DT))  # old log-probs = current
+    uids = np.array(["a"] * 4 + ["b"] * 4 + ["a::demo", "b::demo"], dtype=object)
+    correct = np.array([1, 0, 0, 1, 0, 1, 1, 1, 0, 0], dtype=bool)
+    lengths = batch.response_mask.sum(-1)
+    batch.token_level_scores = torch.zeros_like(batch.token_level_scores)
+    batch.token_level_scores[torch.arange(10), lengths - 1] = torch.as_tensor(correct, dtype=DT)
+    m = batch.response_mask.to(DT)
+    seq_old = (batch.old_log_probs * m).sum(-1).numpy()
+    rollout = np.arange(10) < 8
+    w, exact_value, groups = gal_row_weights(uids, correct, seq_old, rollout, beta=0.1)
+    assert groups == 2 and w[8:].tolist() == [0.0, 0.0]
+
+    coef = 0.5
+    base = preset("grpo")
+    with_gal = replace(preset("hpt"), gal_coef=coef, gal_beta=0.1)
+    no_gal = replace(with_gal, gal_coef=0.0)
+
+    def td_with(batch_, dp_size=1, mini=None):
+        td = batch_.tensordict(mini_batch_size=mini, dp_size=dp_size)
+        td[HPT_GAL_WEIGHT] = torch.as_tensor(w, dtype=DT)
+        return td
+
+    loss_g, metrics = run_loss(batch, upge_loss_fn(with_gal), td_with(batch), one_micro(batch))
+    loss_0, _ = run_loss(batch, upge_loss_fn(no_gal), td_with(batch), one_micro(batch))
+    # reference: autograd through the exact pairwise loss of the current sequence log-likelihoods
+    seq = (batch.response_log_prob() * m).sum(-1)  # (B,) with gradient
+    ref = 0.0
+    for rows in (slice(0, 4), slice(4, 8)):
+        ok = torch.as_tensor(correct[rows])
+        s = seq[rows]
+        ref = ref + torch.nn.functional.softplus(-0.1 * (s[ok][:, None] - s[~ok][None, :])).mean() / 2
+    assert float(ref) == pytest.approx(exact_value)
+    g_ref = grad(coef * ref, batch)
+    assert_grad_close(g_ref, grad(loss_g - loss_0, batch))
+    for split in ([[0, 5, 9], [1, 2, 3, 4], [6, 7, 8]], [[7], [0, 1, 2, 3, 4, 5, 6, 8, 9]]):
+        loss_s, _ = run_loss(batch, upge_loss_fn(with_gal), td_with(batch), [split])
+        assert_grad_close(grad(loss_g, batch), grad(loss_s, batch))
+    # two DP ranks: the preset's average_over_dp_ranks gives 1/D of the one-rank gradient
+    td2 = td_with(batch, dp_size=2, mini=10)
+    loss_2, _ = run_loss(batch, upge_loss_fn(with_gal), td2, [[[0, 1, 2, 8], [3, 4]], [[5, 6, 7, 9]]],
+                         dp_size=2, n_ranks=2)
+    assert_grad_close(grad(loss_g, batch) / 2, grad(loss_2, batch))
+    # the batch key is required when the term is on
+    td = batch.tensordict()
+    with pytest.raises(ValueError, match="hpt_gal_weight"):
+        run_loss(batch, upge_loss_fn(with_gal), td, one_micro(batch))
+    assert base.gal_coef == 0.0

@@ -70,6 +70,7 @@ import os
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
@@ -87,7 +88,7 @@ from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.staged_rollout import drop_placeholders
 from verl_ext.hpt.stages import SAMPLED_KEY, generation_accounting
 from verl_ext.hpt.metrics import hpt_step_metrics
-from verl_ext.loss.batch_keys import HPT_ROW_KIND, RowKind
+from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
 
 logger = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ class RayHPTTrainer(RayPPOTrainer):
         self.max_consecutive_skips = hpt.max_consecutive_skips
         self._demo_scorer = DemoScorer.from_config(self.config)
         self.stages = hpt.stages  # staged generation (None: all n rollouts at once), see init_workers
+        self.upge = hpt.loss
         # Cumulative statistics (persisted in checkpoints).
         self.hpt_state: dict[str, Any] = {
             "questions": 0, "gated": 0, "steps": 0, "demo_truncated": 0, "demo_missing": 0,
@@ -475,6 +477,8 @@ class RayHPTTrainer(RayPPOTrainer):
             step_metrics.update(self._rollout_debug_metrics)
         self._rollout_debug_metrics = None
         annotate_arm_token_counts(batch, mini_batch_size=mini, dp_size=dp)
+        if self.upge.gal_coef:
+            self._annotate_gal_weights(batch, step_metrics)
         out = super()._update_actor(batch)
         metrics = out.meta_info["metrics"]
         # An arm with no rows in a mini-batch reports ratio min/max as +/-inf (the identity of
@@ -487,6 +491,23 @@ class RayHPTTrainer(RayPPOTrainer):
                 metrics.pop(key)
         self._account_skips(metrics, dp)
         return out
+
+    def _annotate_gal_weights(self, batch: DataProto, step_metrics: Optional[dict]) -> None:
+        """DYPO's group alignment term: per-row weights from the old log-probs (verl_ext/loss/gal.py)."""
+        from verl_ext.loss.gal import HPT_GAL_WEIGHT, gal_row_weights
+
+        b = batch.batch
+        mask = b["response_mask"].float()  # (B, T)
+        seq_old = (b["old_log_probs"].float() * mask).sum(-1).numpy()  # (B,) Σ_t log π_θold
+        score_key = "token_level_scores" if "token_level_scores" in b.keys() else "rm_scores"
+        correct = b[score_key].sum(-1).float().numpy() >= self.gate_config.correct_threshold  # (B,)
+        eligible = ((b[HPT_ROW_KIND] == RowKind.ROLLOUT) & (b[HPT_ROW_WEIGHT] > 0)).numpy()
+        weights, value, groups = gal_row_weights(batch.non_tensor_batch["uid"], correct, seq_old, eligible,
+                                                 beta=self.upge.gal_beta)
+        b[HPT_GAL_WEIGHT] = torch.as_tensor(weights, dtype=torch.float32)
+        if step_metrics is not None:
+            step_metrics["hpt/gal/loss"] = value
+            step_metrics["hpt/gal/groups"] = groups
 
     def _account_skips(self, metrics: dict, dp: int) -> None:
         """Count the optimizer steps the worker's guard skipped (flags per mini-batch and DP rank)

@@ -77,6 +77,7 @@ from verl_ext.loss.batch_keys import (
     row_kinds,
 )
 from verl_ext.loss.config import ARM_NAMES, DEMO_ARMS, UPGELossConfig
+from verl_ext.loss.gal import HPT_GAL_WEIGHT
 from verl_ext.loss.upge import UPGETokenTerms, row_mean_entropy, upge_arm_loss
 
 ARM_METRIC_PREFIX = {"rollout": "hpt/rl", "demo": "hpt/sft", "demo_off": "hpt/off"}
@@ -129,6 +130,11 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
 
     fields = ["response_mask", "old_log_probs", "advantages"]
     fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_ROW_KIND, HPT_ROW_WEIGHT) if k in data.keys()]
+    if upge.gal_coef:
+        if HPT_GAL_WEIGHT not in data.keys():
+            raise ValueError(f"hpt.loss.gal_coef={upge.gal_coef} needs the per-row {HPT_GAL_WEIGHT!r} in the batch "
+                             "(RayHPTTrainer._update_actor fills it from the old log-probs)")
+        fields.append(HPT_GAL_WEIGHT)
     score_key = _check_row_inputs(upge, data, entropy is not None)
     if score_key is not None:
         fields.append(score_key)
@@ -211,6 +217,15 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
         if key in metrics:
             metrics[f"actor/pg_{suffix}" if suffix != "ppo_kl" else "actor/ppo_kl"] = metrics[key]
     metrics["actor/pg_loss"] = Metric(value=policy_loss, aggregation=metric_agg)
+
+    if upge.gal_coef:
+        # DYPO's group alignment surrogate: Σ_rows −w_r · Σ_t log π_θ(y_rt), w_r per row from the
+        # trainer (already normalised over the step), × D for FSDP's rank average (verl_ext/loss/gal.py).
+        gal_w = td[HPT_GAL_WEIGHT].reshape(num_rows).to(log_prob.dtype)  # (B,)
+        seq_logp = torch.where(valid, log_prob, 0.0).sum(dim=-1)  # (B,) Σ_t log π_θ
+        gal = -(gal_w * seq_logp).sum() * dp_size
+        policy_loss = policy_loss + upge.gal_coef * gal * scale
+        metrics["actor/hpt/gal_surrogate"] = Metric(value=gal.detach() / dp_size, aggregation=AggregationType.SUM)
 
     all_totals = totals["all"]
 

@@ -42,6 +42,8 @@ Schema of ``hpt.loss`` (YAML presets in ``recipe/hpt/config/upge/``)::
     average_over_dp_ranks: false   # true: divide the total loss by dp_size (official release scale)
     entropy_agg: global            # global (verl: actor.loss_agg_mode over the global mini-batch) |
                                    # micro-token-mean (release: each micro-batch's own token mean)
+    gal_coef: 0.0                  # DYPO's group alignment loss on mixed rollout groups (loss/gal.py)
+    gal_beta: 0.1                  # its β
 
 H̄_i is the mean token entropy of row i over its response tokens, H_t = −Σ_v π_θ(v|·) log π_θ(v|·)
 (verl's ``entropy`` model output, at the rollout temperature), detached: it only weights terms.
@@ -173,6 +175,8 @@ class UPGELossConfig:
     average_over_dp_ranks: bool = False
     demo_off: Optional[UPGEArmConfig] = None
     entropy_agg: str = "global"
+    gal_coef: float = 0.0  # DYPO's group alignment term (verl_ext/loss/gal.py); 0 = none
+    gal_beta: float = 0.1  # β of d_ij = β(s_i − s_j) in that term
 
     @property
     def needs_row_entropy(self) -> bool:
@@ -206,6 +210,8 @@ class UPGELossConfig:
                 f"{path}.average_over_dp_ranks={self.average_over_dp_ranks!r} must be true or false"
             )
         _one_of(path, "entropy_agg", self.entropy_agg, ENTROPY_AGG_MODES)
+        _check_number(path, "gal_coef", self.gal_coef, lo=0.0)
+        _check_number(path, "gal_beta", self.gal_beta, lo=0.0)
         return self
 
 
@@ -228,7 +234,8 @@ def load_upge_config(node: Any, path: str = "hpt.loss") -> UPGELossConfig:
         _no_unknown_keys(f"{path}.{name}", sub, {f.name for f in fields(UPGEArmConfig)})
         _no_partial_arm(f"{path}.{name}", sub)
         arms[name] = UPGEArmConfig(**sub)
-    scalars = {key: top[key] for key in ("average_over_dp_ranks", "entropy_agg") if key in top}
+    scalars = {key: top[key] for key in ("average_over_dp_ranks", "entropy_agg", "gal_coef", "gal_beta")
+               if key in top}
     cfg = UPGELossConfig(**arms, **scalars)
     return cfg.validate(path)
 
