@@ -1,8 +1,9 @@
 """The 2026 hybrids' presets through verl's trainer on CPU (issue 16): DYPO and RASFT, 2 steps each.
 
 The verifier (tests/assets/three_way_reward.py) puts questions on every side of the gates by dataset
-index: all correct, none correct, or mixed (a coin flip per rollout on the tiny random model). The checks are that each preset's
-parts reach the update through verl's real data path (batch keys, the worker's loss) and are logged:
+index: all correct, none correct, or mixed (a coin flip per rollout on the tiny random model). The
+checks are that each preset's parts reach the update through verl's real data path (batch keys, the
+worker's loss) and are logged:
 DYPO's all-correct questions dropped and counted, its group-alignment weights in the loss; RASFT's soft
 weights on demonstration rows and correct rollouts.
 """
