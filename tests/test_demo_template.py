@@ -80,7 +80,8 @@ def _sft_only_batch(tok, demos):
     for i, m in enumerate(messages):
         raw[i] = m
     prompts = DataProto(non_tensor_batch={"raw_prompt": raw, "extra_info": np.asarray(infos, dtype=object)})
-    out = DemonstrationRolloutManager(None, tok, _config(), demo_field="target").generate_sequences(prompts)
+    mgr = DemonstrationRolloutManager(None, tok, _config(), demo_field="target", demo_choice="uniform", seed=0)
+    out = mgr.generate_sequences(prompts)
     out.non_tensor_batch["uid"] = np.asarray([f"uid-{i}" for i in range(len(demos))], dtype=object)
     out.non_tensor_batch["extra_info"] = np.asarray(infos, dtype=object)
     return out
@@ -172,7 +173,9 @@ def test_prompt_token_ids_drop_the_left_padding(think_tok):
 # --------------------------------------------------------------------------- one usable-check
 @pytest.mark.parametrize("value,reason", [
     ("x", None), ("  <think>\nok", None), (None, "demo_missing"), ("", "demo_missing"), (" \n\t", "demo_missing"),
-    (["a"], "demo_not_string"), (3, "demo_not_string")])
+    (["a"], None), (["a", "b"], None), ([], "demo_missing"), (["a", " "], "demo_missing"),
+    (["a", None], "demo_missing"),
+    ([{"role": "assistant", "content": "a"}], "demo_not_string"), (3, "demo_not_string")])
 def test_one_usable_check_for_validation_trainer_and_stand_in(value, reason):
     """Start-up validation (contract.check_demo), the trainer's fallback (usable_demonstrations)
     and the SFT-only stand-in all judge a demonstration by demonstrations.demonstration_problem."""

@@ -203,7 +203,8 @@ def test_sft_only_baseline_defers_weight_pushes_until_validation(char_tok):
         def generate_sequences(self, prompts):
             return "sampled"
 
-    mgr = DemonstrationRolloutManager(_Rollout(), char_tok, None, demo_field="target", before_rollout=sync.flush)
+    mgr = DemonstrationRolloutManager(_Rollout(), char_tok, None, demo_field="target", demo_choice="uniform", seed=0,
+                                      before_rollout=sync.flush)
     for step in range(1, 4):  # what fit does around three training steps
         sync.sleep_replicas()  # after (stand-in) generation
         sync.update_weights(step)  # after each update

@@ -289,7 +289,9 @@ def test_non_string_fields(tmp_path, char_tok):
     for r in rows:
         r["extra_info"]["target"] = [{"role": "assistant", "content": "raw OpenR1 format"}]
     cfg, train = _data_config(tmp_path, rows)
-    with pytest.raises(DataValidationError, match=rf"{train}: row 0: field 'extra_info.target': is a list"):
+    with pytest.raises(DataValidationError,  # a list is allowed (several demonstrations), messages are not
+                       match=rf"{train}: row 0: field 'extra_info.target\[0\]': is a dict, expected a string "
+                             r"\(LUFFY/OpenR1 keep a list of messages"):
         validate_data(cfg, char_tok)
     rows = [_row(i, gt=str(i)) for i in range(3)]
     cfg, train = _data_config(tmp_path, [dict(r, reward_model={"style": "rule", "ground_truth": i})
@@ -325,6 +327,7 @@ def _bare_trainer(char_tok, gate=None, max_skips=5):
                                  "trainer": {"default_local_dir": "/nonexistent"}})
     t.gate_config = gate or GateConfig(strategy="switch", gamma=0.5)
     t.demo_field = "target"
+    t.demo_choice, t.demo_seed = "uniform", 0
     t.tokenizer = char_tok
     t._demo_scorer = _Scorer()
     t.global_steps = 7

@@ -32,8 +32,9 @@ Hook 1 is the step itself, read top to bottom in :meth:`RayHPTTrainer._gate_and_
 1. gate (:mod:`verl_ext.hpt.gate`): each question's pass rate over its rollouts' ``rm_scores``
    → weights (α_q, β_q); a question stopped early goes to SFT (α = 0, β = 1);
 2. demonstrations (:mod:`verl_ext.hpt.demonstrations`): a gated question without a usable one is
-   trained with RL instead (α = 1, β = 0; ``hpt/demo_missing``); the others are encoded after
-   their prompt and scored with the run's reward (:class:`verl_ext.hpt.demo_scoring.DemoScorer`);
+   trained with RL instead (α = 1, β = 0; ``hpt/demo_missing``); the others (of a list, those
+   ``hpt.demo_choice`` picks) are encoded after their prompt and scored with the run's reward
+   (:class:`verl_ext.hpt.demo_scoring.DemoScorer`);
 3. merge (:mod:`verl_ext.hpt.merge`): kept rollouts + demonstration rows, each flagged with its
    ``RowKind`` and weight, as a new batch (the input batch is only read);
 4. metrics: ``hpt/*`` step metrics and the cumulative ``hpt_state``; the generation accounting
@@ -74,12 +75,14 @@ import torch
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
-from verl_ext.hpt.config import HPTConfig
+from verl_ext.hpt.config import HPTConfig, choice_seed
 from verl_ext.hpt.demo_scoring import DemoScorer
 from verl_ext.hpt.gate import gate_by_pass_rate, question_stats
 from verl_ext.hpt.demonstrations import (
     GatedDemonstrations,
     encode_demonstrations,
+    per_question,
+    pick_demonstrations,
     prompt_token_ids,
     route_to_rl,
     usable_demonstrations,
@@ -217,6 +220,7 @@ class RayHPTTrainer(RayPPOTrainer):
         hpt = HPTConfig.from_config(self.config)
         self.gate_config = hpt.gate
         self.demo_field = hpt.demo_field
+        self.demo_choice, self.demo_seed = hpt.demo_choice, choice_seed(self.config)  # several demonstrations
         self.max_consecutive_skips = hpt.max_consecutive_skips
         self._demo_scorer = DemoScorer.from_config(self.config)
         self.stages = hpt.stages  # staged generation (None: all n rollouts at once), see init_workers
@@ -316,7 +320,8 @@ class RayHPTTrainer(RayPPOTrainer):
                         question_ids: list) -> tuple[GatedDemonstrations, np.ndarray, np.ndarray]:
         """Phase 2: the gated questions' demonstrations, encoded after their prompts and scored.
         A gated question without a usable one (missing, empty, not a string) is routed to RL
-        (α = 1, β = 0): returns the demonstrations and the (new) weights."""
+        (α = 1, β = 0): returns the demonstrations and the (new) weights. Of a list of them,
+        ``hpt.demo_choice`` picks which train (``pick_demonstrations``; ``all``: several per question)."""
         gated = np.flatnonzero(beta > 0)
         texts = usable_demonstrations(batch.non_tensor_batch.get("extra_info"), stats.first_row[gated],
                                       self.demo_field)
@@ -330,7 +335,10 @@ class RayHPTTrainer(RayPPOTrainer):
         kept = [(int(q), text) for q, text in zip(gated, texts) if text is not None]
         if not kept:
             return demos, alpha, beta
-        questions, targets = [q for q, _ in kept], [text for _, text in kept]
+        owners, targets = pick_demonstrations(
+            [text for _, text in kept], [question_ids[q] for q, _ in kept], self.demo_choice, seed=self.demo_seed,
+            step=int(self.global_steps), tokenizer=self.tokenizer)
+        questions = [kept[o][0] for o in owners]  # the question of each demonstration to build
         rows = stats.first_row[questions]
         # Each demonstration follows its question's templated prompt: a start that the prompt
         # already ends with (a template's "<think>\n" and an R1 demonstration's) is held once.
@@ -338,12 +346,12 @@ class RayHPTTrainer(RayPPOTrainer):
             self.tokenizer, targets, int(self.config.actor_rollout_ref.rollout.response_length),
             prompt_ids=prompt_token_ids(batch, rows), overlaps=demos.overlaps)
         scored = self._demo_scorer.score(batch, rows, targets)
-        for q, i, s in zip(questions, ids, scored):
-            demos.ids[q], demos.scores[q] = i, float(s.get("score", 0.0))
+        scores = [float(s.get("score", 0.0)) for s in scored]
+        demos.ids = per_question(questions, ids, len(stats.uids))
+        demos.scores = per_question(questions, scores, len(stats.uids), fill=0.0)
         for key in batch.meta_info.get("reward_extra_keys", []) or []:
-            demos.extra[key] = [None] * len(stats.uids)
-            for q, s in zip(questions, scored):
-                demos.extra[key][q] = s.get(key, demos.scores[q])
+            demos.extra[key] = per_question(questions, [s.get(key, v) for s, v in zip(scored, scores)],
+                                            len(stats.uids))
         return demos, alpha, beta
 
     def _record_step(self, metrics: dict, merged: DataProto, stats, mstats, alpha: np.ndarray, beta: np.ndarray,
@@ -618,7 +626,7 @@ class RayHPTTrainer(RayPPOTrainer):
             self.checkpoint_manager = DeferredWeightSync(self.checkpoint_manager)
             self.async_rollout_manager = DemonstrationRolloutManager(
                 self.async_rollout_manager, self.tokenizer, self.config, demo_field=self.demo_field,
-                before_rollout=self.checkpoint_manager.flush)
+                demo_choice=self.demo_choice, seed=self.demo_seed, before_rollout=self.checkpoint_manager.flush)
 
     # ------------------------------------------------------------------ hook 4: checkpoints
     def _save_checkpoint(self):

@@ -13,6 +13,10 @@ file, the shape of verl's own ``examples/data_preprocess/gsm8k.py`` plus a demon
                     "split": "train",
                     "target": "2+3=5. \\boxed{5}"}}               # the demonstration (hpt.demo_field)
 
+``extra_info.target`` may also be a list of strings, several demonstrations of the question (e.g. one
+per teacher): ``hpt.demo_choice`` says which train (:func:`verl_ext.hpt.demonstrations.choose_entries`).
+Every entry must be a non-empty string; a bad one is named with its index (``extra_info.target[2]``).
+
 :data:`CONTRACT` lists every field with its type, when it is required and who reads it;
 :func:`contract_markdown` renders it (the README's "Your own data" section carries the same table,
 a test keeps the two in step). The ``check_*`` functions below are the per-field checks that
@@ -68,10 +72,13 @@ CONTRACT: tuple[ContractField, ...] = (
     ContractField("ability", "string", "no", "nobody in HPT", "verl's convention, e.g. \"math\""),
     ContractField("extra_info", "mapping", "when the gate can choose SFT",
                   "verl (passes it through to the trainer and the reward)", "holds the fields below"),
-    ContractField("extra_info.{demo}", "non-empty string", "per hpt.data.on_missing_demo (train files)",
+    ContractField("extra_info.{demo}",
+                  "non-empty string, or a non-empty list of non-empty strings (several demonstrations, see "
+                  "hpt.demo_choice)", "per hpt.data.on_missing_demo (train files)",
                   "the trainer's merge (after generation); the start-up reward check",
                   "the demonstration (hpt.demo_field, default target): one assistant response, ending in the "
-                  "answer format the reward reads; its tokens + EOS should fit data.max_response_length"),
+                  "answer format the reward reads; its tokens + EOS should fit data.max_response_length (a list: "
+                  "each entry, all of them scored at start-up)"),
     ContractField("extra_info.index", "int or string", "no (absent: logged as -1)",
                   "the trainer (per-step gate decisions, hpt_state)", "the question's id in logs and checkpoints"),
     ContractField("extra_info.split", "string", "no", "nobody in HPT", "verl's convention: train / test"),
@@ -189,8 +196,25 @@ def check_index(row: dict) -> Problem:
     return None
 
 
+def demo_path(demo_field: str, index: Optional[int] = None) -> str:
+    """The dotted name of a row's demonstration field, or of entry ``index`` of a list of them:
+    ``extra_info.target``, ``extra_info.target[2]``."""
+    return f"extra_info.{demo_field}" + ("" if index is None else f"[{index}]")
+
+
 def check_demo(row: dict, demo_field: str) -> Problem:
-    """The row's demonstration, judged by :func:`verl_ext.hpt.demonstrations.demonstration_problem`."""
+    """The row's demonstration (a string or a list of strings), judged by
+    :func:`verl_ext.hpt.demonstrations.demonstration_problem` (a bad list entry's detail starts with
+    its ``[index]``)."""
     from verl_ext.hpt.demonstrations import demonstration_of, demonstration_problem
 
     return demonstration_problem(demonstration_of(row.get("extra_info"), demo_field))
+
+
+def check_demo_field(row: dict, demo_field: str) -> Optional[tuple[str, str, str]]:
+    """:func:`check_demo` with the field named: (``extra_info.<demo>`` or, for a bad list entry,
+    ``extra_info.<demo>[i]``, reason, detail), or None."""
+    from verl_ext.hpt.demonstrations import demonstration_entry_problem, demonstration_of
+
+    p = demonstration_entry_problem(demonstration_of(row.get("extra_info"), demo_field))
+    return None if p is None else (demo_path(demo_field, p[0]), p[1], p[2])

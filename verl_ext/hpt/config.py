@@ -5,7 +5,7 @@ calls it on the driver, before Ray starts; the data check and the trainer build 
 the same config): ``hpt.gate`` (strategy, γ ∈ [0, 1], soft table, ...: :class:`GateConfig`),
 ``actor_rollout_ref.rollout.n >= 2`` for a pass-rate gate (switch/soft) and n+1 rows in a soft table,
 the loss preset (``hpt.loss``, :func:`verl_ext.loss.load_upge_config`) has the arms the gate can route
-rows to, ``hpt.data.*`` (:class:`DataOptions`), ``hpt.demo_field``, ``hpt.max_consecutive_skips``,
+rows to, ``hpt.data.*`` (:class:`DataOptions`), ``hpt.demo_field``, ``hpt.demo_choice``, ``hpt.max_consecutive_skips``,
 ``hpt.skip_grad_norm_above``, ``hpt.stages`` (:func:`verl_ext.hpt.stages.load_stages`). Every error
 names the dotted key. Unknown preset names (``upge=foo``, ``+exp=foo``) are refused by Hydra itself,
 listing the available ones.
@@ -85,6 +85,18 @@ def _keys(node: Any, cls: type, path: str) -> dict:
     return node
 
 
+def choice_seed(config) -> int:
+    """The seed of ``hpt.demo_choice=uniform``'s draws: the run's ``data.seed`` (verl's, which also seeds
+    the data order), 0 when null, so a run without one still draws reproducibly."""
+    data = config.get("data", None) or {}
+    seed = data.get("seed", None)
+    if seed is None:
+        return 0
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise HPTConfigError(f"data.seed={seed!r} must be an integer or null (it seeds hpt.demo_choice=uniform)")
+    return int(seed)
+
+
 @dataclass(frozen=True)
 class DataOptions:
     """``hpt.data``: what the start-up data check does (``hpt_trainer.yaml`` says what each key does
@@ -135,7 +147,8 @@ class DataOptions:
 class HPTConfig:
     """The ``hpt`` node as the driver, the data check and the trainer use it (see the module docstring)."""
 
-    demo_field: str  # the extra_info key that holds a row's demonstration
+    demo_field: str  # the extra_info key that holds a row's demonstration (or a list of them)
+    demo_choice: str  # which of several listed demonstrations train: uniform | shortest | first | all
     skip_grad_norm_above: Optional[float]  # None: no optimizer step is skipped for its grad norm
     max_consecutive_skips: Optional[int]  # None: never stop (0 or null in the config)
     data: DataOptions
@@ -168,6 +181,12 @@ class HPTConfig:
         demo_field = node["demo_field"]
         if not isinstance(demo_field, str) or not demo_field:
             raise HPTConfigError(f"hpt.demo_field={demo_field!r} must be a non-empty string")
+        from verl_ext.hpt.demonstrations import DEMO_CHOICES  # the rule's home (imports torch: not at module load)
+
+        demo_choice = node["demo_choice"]
+        if demo_choice not in DEMO_CHOICES:
+            raise HPTConfigError(f"hpt.demo_choice={demo_choice!r} is not one of {list(DEMO_CHOICES)} (which of a "
+                                 f"question's listed demonstrations train; see hpt_trainer.yaml)")
 
         threshold = node["skip_grad_norm_above"]
         if threshold is not None:
@@ -213,5 +232,6 @@ class HPTConfig:
             raise HPTConfigError(
                 f"hpt.stages is set but hpt.gate.strategy={gate.strategy} draws no rollouts during training "
                 f"(the SFT-only baseline): set hpt.stages=null")
-        return cls(demo_field=demo_field, skip_grad_norm_above=threshold, max_consecutive_skips=skips or None,
+        return cls(demo_field=demo_field, demo_choice=demo_choice, skip_grad_norm_above=threshold,
+                   max_consecutive_skips=skips or None,
                    data=data, gate=gate, loss=loss, stages=stages)

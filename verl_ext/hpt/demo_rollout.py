@@ -5,6 +5,14 @@ is ever used, so generating them would be pure waste. This wrapper answers train
 ``generate_sequences`` calls with the demonstrations as the "responses" (prompt tokenised with the
 chat template, as verl's single-turn agent loop does), and forwards validation calls to the real
 rollout manager, so evaluation still samples from the policy.
+
+A question with several demonstrations (a list in the demonstration field) answers with the one
+``hpt.demo_choice`` picks, as the trainer does (:func:`verl_ext.hpt.demonstrations.pick_demonstrations`
+with the same run seed, the step from ``meta_info["global_steps"]`` and the question's
+``extra_info.index``). ``all`` answers with entry 0: this manager returns exactly one row per input
+row (``fit`` unions its output with the repeated prompts). What trains is unaffected: with
+``strategy=always`` the trainer's merge drops these rows and builds the demonstration rows itself,
+every listed demonstration under ``all``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from verl_ext.hpt.demonstrations import (
     demonstration_problem,
     encode_demonstrations,
     left_pad_prompts,
+    pick_demonstrations,
 )
 
 
@@ -67,12 +76,15 @@ class DeferredWeightSync:
 
 
 class DemonstrationRolloutManager:
-    def __init__(self, inner, tokenizer, config, demo_field: str,
+    def __init__(self, inner, tokenizer, config, demo_field: str, demo_choice: str, seed: int,
                  before_rollout: Optional[Callable[[], None]] = None):
         self.inner = inner
         self.tokenizer = tokenizer
         self.config = config
         self.demo_field = demo_field
+        # hpt.demo_choice and its seed (verl_ext.hpt.config.choice_seed); "all" answers with entry 0
+        self.demo_choice = "first" if demo_choice == "all" else demo_choice
+        self.seed = seed
         self.before_rollout = before_rollout  # e.g. DeferredWeightSync.flush
 
     def __getattr__(self, name):  # everything else (sleep, wake_up, ...) is the real manager's
@@ -89,6 +101,7 @@ class DemonstrationRolloutManager:
         nt = prompts.non_tensor_batch
         tmpl_kwargs = dict(self.config.data.get("apply_chat_template_kwargs", {}) or {})
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        step = int(prompts.meta_info.get("global_steps", 0) or 0)
         targets, prompt_ids = [], []
         for i in range(len(prompts)):
             info = nt["extra_info"][i] or {}
@@ -96,7 +109,9 @@ class DemonstrationRolloutManager:
             problem = demonstration_problem(demo)
             if problem:
                 raise KeyError(f"row {i} (index {info.get('index')!r}): extra_info['{self.demo_field}'] {problem[1]}")
-            targets.append(demo)
+            _, picked = pick_demonstrations([demo], [info.get("index")], self.demo_choice, seed=self.seed, step=step,
+                                            tokenizer=self.tokenizer)
+            targets.append(picked[0])
             ids = self.tokenizer.apply_chat_template(list(nt["raw_prompt"][i]), add_generation_prompt=True,
                                                      tokenize=True, **tmpl_kwargs)
             ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids

@@ -18,7 +18,11 @@ Start-up (``main_hpt`` → :func:`verl_ext.hpt.filtered_data.validate_data` with
 * :func:`check_demonstrations` scores sampled demonstrations against their ground truths and stops
   the start when fewer than ``hpt.data.demo_check_min_rate`` pass, naming failing rows and the
   likely cause (:func:`diagnose`): otherwise HPT would silently become SFT on answers the reward
-  never credits (e.g. verl-gsm8k ``#### 72`` demonstrations under a ``\\boxed{}`` reward).
+  never credits (e.g. verl-gsm8k ``#### 72`` demonstrations under a ``\\boxed{}`` reward). A row
+  with a list of demonstrations has *every* entry scored, whatever ``hpt.demo_choice``: each one
+  counts as a demonstration in the rate and a failing one is named with its index
+  (``extra_info.target[2]``). ``uniform`` and ``all`` train on every entry, and a teacher whose
+  answers the reward does not read is a data problem under ``first``/``shortest`` too.
 
 A reward model (``reward.reward_model.enable``) or a custom reward manager loaded by file
 (``reward.reward_manager.source=importlib``) decide the score themselves: the run is described,
@@ -36,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import asyncio
 
+from verl_ext.data.contract import demo_path
 from verl_ext.hpt.row_checks import DataValidationError
 
 logger = logging.getLogger(__name__)
@@ -144,6 +149,7 @@ class DemoFailure:
     ground_truth: Any
     demo: str
     score: float
+    entry: Optional[int] = None  # the entry's index when the row holds a list of demonstrations
 
 
 _HASH_ANSWER = re.compile(r"####\s*\S")
@@ -194,22 +200,27 @@ def diagnose(failures: Sequence[DemoFailure], reward_kind: str) -> list[str]:
 
 def check_demonstrations(reward: RunReward, path: str, sample: Sequence[tuple], demo_field: str,
                          min_rate: float, correct_threshold: float = 1.0, shown: int = 5) -> Optional[dict]:
-    """Score ``sample`` [(row, data_source, ground truth, demo, extra_info)] with the run's reward.
+    """Score ``sample`` [(row, data_source, ground truth, demo, extra_info)] with the run's reward;
+    ``demo`` is a string or a list of strings, whose every entry is scored (see the module docstring).
 
     Returns ``{"scored", "passed", "rate", "min_rate", "failed_rows"}`` (None when the reward is not a
-    function); prints the rate; raises :class:`RewardCheckError` when ``rate < min_rate``."""
+    function; ``scored`` counts demonstrations, list entries included); prints the rate; raises
+    :class:`RewardCheckError` when ``rate < min_rate``."""
     if not reward.checkable or not sample:
         return None
     failures = []
+    scored = 0
     for row, ds, gt, demo, info in sample:
-        s = float(reward.score(ds, demo, gt, info).get("score", 0.0))
-        if not s >= correct_threshold:
-            failures.append(DemoFailure(int(row), ds, gt, demo, s))
-    scored = len(sample)
+        entries = [(None, demo)] if isinstance(demo, str) else list(enumerate(demo))
+        for j, text in entries:
+            scored += 1
+            s = float(reward.score(ds, text, gt, info).get("score", 0.0))
+            if not s >= correct_threshold:
+                failures.append(DemoFailure(int(row), ds, gt, text, s, entry=j))
     passed = scored - len(failures)
     rate = passed / scored
     result = {"scored": scored, "passed": passed, "rate": rate, "min_rate": float(min_rate),
-              "failed_rows": [f.row for f in failures[:20]]}
+              "failed_rows": list(dict.fromkeys(f.row for f in failures))[:20]}
     print(f"HPT data: {path}: demonstrations passing the run's reward: {passed}/{scored} ({100 * rate:.1f}%; "
           f"start-up minimum hpt.data.demo_check_min_rate={min_rate})")
     if rate < min_rate:
@@ -219,7 +230,7 @@ def check_demonstrations(reward: RunReward, path: str, sample: Sequence[tuple], 
                  f"credits. {reward.describe()}.", "Failing rows:"]
         for f in failures[:shown]:
             tail = f.demo.strip()[-80:].replace("\n", " ")
-            lines.append(f"  {path}: row {f.row}: field 'extra_info.{demo_field}': score {f.score:g} "
+            lines.append(f"  {path}: row {f.row}: field '{demo_path(demo_field, f.entry)}': score {f.score:g} "
                          f"(data_source={f.data_source!r}, ground_truth={str(f.ground_truth)[:40]!r}, "
                          f"demonstration ends: ...{tail!r})")
         lines.append("Likely cause:")

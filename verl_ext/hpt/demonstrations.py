@@ -1,22 +1,29 @@
 """Demonstrations: when one is usable, how it continues the prompt, its tokens, and its rows.
 
 A demonstration is the text in ``extra_info[hpt.demo_field]`` (its default set in
-``recipe/hpt/config/hpt_trainer.yaml``) of a question's row. Everything HPT does with one
+``recipe/hpt/config/hpt_trainer.yaml``) of a question's row; the field may also hold a list of
+texts, several demonstrations of the question. Everything HPT does with one
 before the loss lives here, used by start-up validation (:func:`demonstration_problem` through
 :func:`verl_ext.data.contract.check_demo`), the trainer (:func:`usable_demonstrations`,
-:func:`encode_demonstrations`, :func:`prompt_token_ids`), the merge (:func:`build_demo_rows`) and
-the SFT-only stand-in (:mod:`verl_ext.hpt.demo_rollout`: :func:`left_pad_prompts` +
+:func:`pick_demonstrations`, :func:`encode_demonstrations`, :func:`prompt_token_ids`), the merge
+(:func:`build_demo_rows`) and the SFT-only stand-in (:mod:`verl_ext.hpt.demo_rollout`: :func:`left_pad_prompts` +
 :func:`demo_row_tensors`, the same row layout). Scoring a demonstration with the run's reward is
 :class:`verl_ext.hpt.demo_scoring.DemoScorer`.
 
-1. Usable: a string with some non-whitespace text (:func:`demonstration_problem` says why not).
-2. Continuing the prompt: a demonstration row is the rollout's prompt (the chat template with
+1. Usable: a string with some non-whitespace text, or a non-empty list of such strings (several
+   demonstrations of one question, e.g. one per teacher as DYPO's data has them); any bad entry makes
+   the whole value unusable (:func:`demonstration_problem` says why, naming the entry's index).
+2. Chosen: which entries of a list train, ``hpt.demo_choice`` (:func:`choose_entries`, the rule):
+   ``uniform`` one drawn per (``data.seed``, step, question id), ``shortest``, ``first``, or ``all``
+   (one demonstration row each, each weighted β/m: the question's SFT weight is shared). A string is
+   its own single entry under every policy, so string data behaves exactly as before.
+3. Continuing the prompt: a demonstration row is the rollout's prompt (the chat template with
    ``add_generation_prompt=True``) followed by the demonstration; a start that the prompt already
    ends with (``...assistant\\n<think>\\n`` + ``<think>\\nOkay``) is held once
    (:func:`generation_prompt_overlap`).
-3. Tokens: the rest of the demonstration tokenised without special tokens, + EOS (as the release,
+4. Tokens: the rest of the demonstration tokenised without special tokens, + EOS (as the release,
    so SFT teaches the model to stop), truncated to the response length (:func:`encode_demonstrations`).
-4. Rows: prompt (B,P) left-padded, response (B,R) right-padded with ``response_mask`` 1 on the
+5. Rows: prompt (B,P) left-padded, response (B,R) right-padded with ``response_mask`` 1 on the
    demonstration's tokens, ``input_ids``/``attention_mask``/``position_ids`` (B,P+R) in verl's
    layout (:func:`demo_row_tensors`).
 """
@@ -35,23 +42,66 @@ OVERLAP_WINDOW_CHARS = 64  # the longest overlap looked for, in characters of th
 
 
 # ------------------------------------------------------------------------------------ usable
-def demonstration_problem(value: Any) -> Optional[tuple[str, str]]:
-    """Why ``value`` (an ``extra_info[demo_field]``) is not a usable demonstration: (reason, detail),
-    or None when it is one. Reasons: ``demo_missing`` (absent, None or blank), ``demo_not_string``."""
-    if value is None:
-        return "demo_missing", "missing"
-    if not isinstance(value, str):
-        listy = isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray"
-        hint = " (LUFFY/OpenR1 keep a list of messages: convert with scripts/data/convert.py --format luffy)" \
-            if listy else ""
-        return "demo_not_string", f"is a {type(value).__name__}, expected a string{hint}"
-    if not value.strip():
-        return "demo_missing", "is empty"
+LUFFY_HINT = " (LUFFY/OpenR1 keep a list of messages: convert with scripts/data/convert.py --format luffy)"
+
+
+def _listed(value: Any) -> Optional[list]:
+    """``value`` as a list when it is a list, a tuple or a numpy array (parquet read through pandas
+    gives arrays), else None."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return list(value)
     return None
+
+
+def demonstration_entry_problem(value: Any) -> Optional[tuple[Optional[int], str, str]]:
+    """Why ``value`` (an ``extra_info[demo_field]``) is not a usable demonstration: (index, reason,
+    detail), or None when it is one. ``index`` is the bad entry's position in a list (None for the
+    value as a whole); ``detail`` does not repeat it.
+
+    The rule: a string with some non-whitespace text, or a non-empty list whose every entry is one.
+    Reasons: ``demo_missing`` (absent, None, blank, an empty list, or a list entry that is None or
+    blank), ``demo_not_string`` (neither a string nor a list, or a list entry that is not a string:
+    a list of ``{role, content}`` messages, LUFFY's layout, is pointed at the converter)."""
+    if value is None:
+        return None, "demo_missing", "missing"
+    if isinstance(value, str):
+        return (None, "demo_missing", "is empty") if not value.strip() else None
+    entries = _listed(value)
+    if entries is None:
+        return None, "demo_not_string", f"is a {type(value).__name__}, expected a string or a list of strings"
+    if not entries:
+        return None, "demo_missing", "is an empty list (several demonstrations: a list of non-empty strings)"
+    for j, entry in enumerate(entries):
+        if entry is None:
+            return j, "demo_missing", "is missing (null); every listed demonstration must be a non-empty string"
+        if not isinstance(entry, str):
+            hint = LUFFY_HINT if isinstance(entry, dict) or _listed(entry) is not None else ""
+            return j, "demo_not_string", f"is a {type(entry).__name__}, expected a string{hint}"
+        if not entry.strip():
+            return j, "demo_missing", "is empty; every listed demonstration must be a non-empty string"
+    return None
+
+
+def demonstration_problem(value: Any) -> Optional[tuple[str, str]]:
+    """Why ``value`` is not a usable demonstration: (reason, detail), or None when it is one
+    (:func:`demonstration_entry_problem`'s rule; a bad list entry's detail starts with its ``[index]``)."""
+    p = demonstration_entry_problem(value)
+    if p is None:
+        return None
+    index, reason, detail = p
+    return reason, detail if index is None else f"[{index}] {detail}"
 
 
 def is_usable(value: Any) -> bool:
     return demonstration_problem(value) is None
+
+
+def demonstration_entries(value: Any) -> list[str]:
+    """The demonstrations a usable ``value`` holds: ``[value]`` for a string, the list's strings for a list."""
+    p = demonstration_problem(value)
+    if p is not None:
+        raise ValueError(f"not a usable demonstration: {p[1]}")
+    return [value] if isinstance(value, str) else [str(e) for e in _listed(value)]
 
 
 def demonstration_of(extra_info: Any, demo_field: str) -> Any:
@@ -60,12 +110,109 @@ def demonstration_of(extra_info: Any, demo_field: str) -> Any:
 
 
 def usable_demonstrations(extra_infos: Optional[Sequence], rows: Sequence[int], demo_field: str) -> list:
-    """Per row in ``rows``: its demonstration text if usable, else None (``extra_infos`` may be None)."""
+    """Per row in ``rows``: its demonstration if usable (the string, or the list of strings as a
+    ``list``), else None (``extra_infos`` may be None). Which entries of a list train is
+    :func:`pick_demonstrations`'."""
     out = []
     for r in rows:
         value = demonstration_of(extra_infos[int(r)], demo_field) if extra_infos is not None else None
-        out.append(value if is_usable(value) else None)
+        if not is_usable(value):
+            out.append(None)
+        else:
+            out.append(value if isinstance(value, str) else demonstration_entries(value))
     return out
+
+
+# ------------------------------------------------------------------------------------ chosen
+DEMO_CHOICES = ("uniform", "shortest", "first", "all")  # hpt.demo_choice
+NO_QUESTION_ID = -1  # the trainer's id of a row without extra_info.index
+
+
+def choice_question_key(question_id: Any) -> int | str:
+    """A question id as the uniform draw keys it, the same rule as the trainer's logged id
+    (``recipe.hpt.hpt_ray_trainer.question_id``): ints (and integral floats, as parquet turns an
+    int column with nulls into floats) as ints, None/booleans as -1, anything else as its string.
+    So the raw ``extra_info.index`` (the SFT-only stand-in) and the logged id (the trainer) draw alike."""
+    if question_id is None or isinstance(question_id, (bool, np.bool_)):
+        return NO_QUESTION_ID
+    if isinstance(question_id, (int, np.integer)):
+        return int(question_id)
+    if isinstance(question_id, (float, np.floating)) and float(question_id).is_integer():
+        return int(question_id)
+    return str(question_id)
+
+
+def uniform_index(entries: Sequence[str], seed: int, step: int, question_id: Any) -> int:
+    """The entry ``uniform`` draws: a hash of (``seed``, ``step``, question id) mod the number of
+    entries (:func:`verl_ext.rollout.sampling.row_seed`: the same in every process and on resume).
+    A question without an id (-1) is keyed by its first entry's text instead, so that such
+    questions do not all draw the same position at a step."""
+    from verl_ext.rollout.sampling import row_seed
+
+    key = choice_question_key(question_id)
+    if key == NO_QUESTION_ID:
+        key = "text:" + str(entries[0])
+    return row_seed("hpt.demo_choice", int(seed), int(step), key) % len(entries)
+
+
+def choose_entries(entries: Sequence[str], policy: str, *, seed: int, step: int, question_id: Any,
+                   token_counts: Optional[Sequence[int]] = None) -> list[int]:
+    """Indices of the ``entries`` (a question's demonstrations, at least one) that train at ``step``
+    under ``hpt.demo_choice`` = ``policy``:
+
+    - ``uniform``: one, drawn uniformly and reproducibly (:func:`uniform_index`: the same run seed,
+      step and question always draw the same entry, so a resumed run draws as the first did; it
+      varies across steps, the question's teachers taking turns at random, as DYPO's loader does);
+    - ``shortest``: the one with the fewest tokens (``token_counts``), the first among equals;
+    - ``first``: entry 0;
+    - ``all``: every entry (the merge builds one demonstration row each, weighted β/m).
+
+    A single entry (a string demonstration) is chosen under every policy."""
+    if policy not in DEMO_CHOICES:
+        raise ValueError(f"hpt.demo_choice={policy!r} is not one of {list(DEMO_CHOICES)}")
+    m = len(entries)
+    if m == 0:
+        raise ValueError("no demonstration to choose from")
+    if m == 1 or policy == "first":
+        return [0]
+    if policy == "all":
+        return list(range(m))
+    if policy == "shortest":
+        if token_counts is None or len(token_counts) != m:
+            raise ValueError(f"hpt.demo_choice=shortest needs the token count of each of the {m} entries")
+        return [int(np.argmin(np.asarray(token_counts)))]  # argmin: the first of equals
+    return [uniform_index(entries, seed, step, question_id)]
+
+
+def pick_demonstrations(values: Sequence[Any], question_ids: Sequence[Any], policy: str, *, seed: int, step: int,
+                        tokenizer=None) -> tuple[list[int], list[str]]:
+    """The demonstrations that train for usable ``values`` (per question: a string or a list of
+    strings, :func:`usable_demonstrations`), flattened: (owner i into ``values`` per demonstration,
+    its text), in ``values`` order. ``tokenizer`` counts tokens (without special tokens) for
+    ``shortest``. With a string per question this is one demonstration each, whatever ``policy``."""
+    owners, texts = [], []
+    for i, (value, qid) in enumerate(zip(values, question_ids)):
+        entries = demonstration_entries(value)
+        counts = None
+        if policy == "shortest" and len(entries) > 1:
+            if tokenizer is None:
+                raise ValueError("hpt.demo_choice=shortest needs a tokenizer to count tokens")
+            counts = [len(x) for x in tokenizer(list(entries), add_special_tokens=False)["input_ids"]]
+        for j in choose_entries(entries, policy, seed=seed, step=step, question_id=qid, token_counts=counts):
+            owners.append(i)
+            texts.append(entries[j])
+    return owners, texts
+
+
+def per_question(questions: Sequence[int], items: Sequence, num_questions: int, fill: Any = None) -> list:
+    """``items`` (one per demonstration, owned by ``questions[k]``) regrouped per question of the batch:
+    ``fill`` for a question without any, the item itself for one, a list of its items (in order) for
+    several (``hpt.demo_choice=all``). The merge reads this layout (see :class:`GatedDemonstrations`)."""
+    grouped: dict[int, list] = {}
+    for q, item in zip(questions, items):
+        grouped.setdefault(int(q), []).append(item)
+    return [fill if q not in grouped else grouped[q][0] if len(grouped[q]) == 1 else grouped[q]
+            for q in range(num_questions)]
 
 
 def route_to_rl(alpha: np.ndarray, beta: np.ndarray, questions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +225,13 @@ def route_to_rl(alpha: np.ndarray, beta: np.ndarray, questions: Sequence[int]) -
 
 @dataclass
 class GatedDemonstrations:
-    """One step's demonstrations, per question of the batch (``None``/0 where a question has none)."""
+    """One step's demonstrations, per question of the batch (``None``/0 where a question has none).
 
-    ids: list  # token ids (+EOS) of each gated question's demonstration, None elsewhere
+    A question with several demonstrations (``hpt.demo_choice=all`` and a list) holds a list where it
+    would hold one: its ``ids`` a list of token-id lists, its ``scores`` and ``extra`` values lists of
+    the same length (:func:`per_question`); the merge builds one row per demonstration."""
+
+    ids: list  # token ids (+EOS) of each gated question's demonstration (or a list of them), None elsewhere
     scores: list  # the run's reward of each demonstration (0.0 where none)
     extra: dict = field(default_factory=dict)  # reward extra key -> per-question values
     missing: list = field(default_factory=list)  # gated questions without a usable demonstration

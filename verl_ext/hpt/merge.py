@@ -10,7 +10,8 @@ Per question q with weights (α_q, β_q) from :mod:`verl_ext.hpt.gate`, the merg
 question order: q's rollout rows if α_q > 0 (``hpt_row_weight`` = α_q, ``hpt_row_kind`` =
 ``RowKind.ROLLOUT``), then, if β_q > 0, one demonstration row per entry of ``demo_arms``
 (``hpt.gate.demo_arms``), each the question's prompt with the demonstration tokens (+EOS) as the
-response and ``hpt_row_weight`` = β_q (:class:`verl_ext.loss.batch_keys.RowKind` names the kinds):
+response and ``hpt_row_weight`` = β_q (β_q / m for each of m demonstrations, below;
+:class:`verl_ext.loss.batch_keys.RowKind` names the kinds):
 
 - ``demo``: ``hpt_row_kind`` = ``RowKind.SFT_DEMO`` (the loss's ``demo`` arm). With
   ``placement=replace`` it gets its own uid (``<uid>::demo``) so GRPO's group statistics of the
@@ -21,6 +22,16 @@ response and ``hpt_row_weight`` = β_q (:class:`verl_ext.loss.batch_keys.RowKind
   demonstration (Table 5 Mix/ON, OFF/ON).
 
 With both, the ``demo`` row comes first. Both rows carry the same tokens, score and extras.
+
+Several demonstrations of one question (``hpt.demo_choice=all`` with a list in the demonstration
+field; ``demo_ids[q]`` is then a list of m token-id lists): each gets its rows as above, in order
+(demonstration 1's ``demo`` and ``demo_off`` rows, then demonstration 2's, ...), and each row is
+weighted β_q / m. The question's SFT weight is shared, not multiplied: its demonstration rows sum
+to β_q whatever the number of teachers, as one demonstration's row does, so a question with more
+teachers is not trained harder than one with a single demonstration (the m rows still add m
+demonstrations' tokens to the arm's token totals). Under ``placement=replace`` demonstration k ≥ 1's
+``demo`` row gets the uid ``<uid>::demo<k>``: each demonstration stays a group of its own, as a
+single one is (a shared uid would make GRPO centre the demonstrations on each other).
 
 Demonstration rows themselves (usable, tokens, layout) are :mod:`verl_ext.hpt.demonstrations`;
 this module chooses the rows per question, flags them and pads the batch.
@@ -59,9 +70,24 @@ class MergeStats:
     num_gated: int  # questions with demonstration rows (β > 0)
     num_rl: int  # questions whose rollouts are kept (α > 0)
     rollout_rows: int
-    demo_rows: int  # all demonstration rows (SFT_DEMO and OFF_POLICY_DEMO)
+    demo_rows: int  # all demonstration rows (SFT_DEMO and OFF_POLICY_DEMO; per demonstration with several)
     demo_truncated: int = 0
     demo_off_rows: int = 0  # of which demo_off rows (OFF_POLICY_DEMO)
+
+
+def _is_demo_list(ids) -> bool:
+    """Whether ``ids`` (a gated question's ``demo_ids`` entry) is a list of demonstrations rather than
+    one demonstration's token ids (a demonstration always has a token: its EOS)."""
+    return len(ids) > 0 and not isinstance(ids[0], (int, np.integer)) and not (
+        isinstance(ids[0], torch.Tensor) and ids[0].dim() == 0)
+
+
+def _per_demo(value, m: int, what: str, q: int) -> list:
+    """A per-question ``value`` as one value per demonstration of a question with a list of ``m``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != m:
+        raise ValueError(f"question {q} has {m} demonstrations: its {what} must be a list of {m} values, "
+                         f"got {value!r}")
+    return list(value)
 
 
 def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarray, beta: np.ndarray,
@@ -71,10 +97,11 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
                          demo_arms: Sequence[str] = ("demo",)) -> tuple[DataProto, MergeStats]:
     """Return the merged batch (see module docstring) and counts.
 
-    demo_ids[q] must be given for every question with β_q > 0 (None elsewhere). demo_scores[q] is
-    the verifier's score of the demonstration (placed in ``rm_scores``); demo_extra maps reward
-    extra keys (e.g. ``acc``) to per-question values for the demo rows. demo_arms: which
-    demonstration rows a gated question gets (``GateConfig.demo_arms``).
+    demo_ids[q] must be given for every question with β_q > 0 (None elsewhere): one demonstration's
+    token ids, or a list of several (then demo_scores[q] and each demo_extra[key][q] are lists of the
+    same length). demo_scores[q] is the verifier's score of the demonstration (placed in
+    ``rm_scores``); demo_extra maps reward extra keys (e.g. ``acc``) to per-question values for the
+    demo rows. demo_arms: which demonstration rows a gated question gets (``GateConfig.demo_arms``).
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"placement={placement!r} is not one of {list(PLACEMENTS)}")
@@ -92,13 +119,37 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
     if missing:
         raise ValueError(f"question(s) {missing[:5]} gated to SFT but have no demonstration")
 
-    pieces: list[tuple[str, int]] = []  # ("roll", row) or (demo arm, index into gated)
-    demo_pos = {int(qi): j for j, qi in enumerate(gated)}
+    # One unit per demonstration to build: (question, k-th of its demonstrations, of m).
+    units: list[tuple[int, int, int]] = []
+    unit_ids, unit_scores, unit_extra = [], [], {key: [] for key in (demo_extra or {})}
+    first_unit = {}
+    for qi in (int(i) for i in gated):
+        if len(demo_ids[qi]) == 0:
+            raise ValueError(f"question {qi} gated to SFT has an empty demonstration (no token ids, or an empty "
+                             f"list of demonstrations)")
+        several = _is_demo_list(demo_ids[qi])
+        ids_q = list(demo_ids[qi]) if several else [demo_ids[qi]]
+        m = len(ids_q)
+        scores_q = None if demo_scores is None else (
+            _per_demo(demo_scores[qi], m, "demo_scores", qi) if several else [demo_scores[qi]])
+        first_unit[qi] = len(units)
+        for k in range(m):
+            units.append((qi, k, m))
+            unit_ids.append(ids_q[k])
+            if scores_q is not None:
+                unit_scores.append(scores_q[k])
+        for key, values in (demo_extra or {}).items():
+            unit_extra[key] += _per_demo(values[qi], m, f"demo_extra[{key!r}]", qi) if several else [values[qi]]
+    n_units = len(units)
+
+    pieces: list[tuple[str, int]] = []  # ("roll", row) or (demo arm, index into units)
     for qi in range(q):
         if alpha[qi] > 0:
             pieces.extend(("roll", int(r)) for r in stats.rows[qi])
         if beta[qi] > 0:
-            pieces.extend((arm, demo_pos[qi]) for arm in arms)
+            u0 = first_unit[qi]
+            for u in range(u0, u0 + units[u0][2]):
+                pieces.extend((arm, u) for arm in arms)
 
     roll_rows = np.asarray([i for kind, i in pieces if kind == "roll"], dtype=np.int64)
     parts = []
@@ -110,29 +161,31 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
         roll.batch[HPT_ROW_WEIGHT] = torch.as_tensor(alpha[row_q[roll_rows]], dtype=torch.float32)
         roll.batch[HPT_ROW_KIND] = _kinds(RowKind.ROLLOUT, len(roll_rows))
         parts.append(roll)
-    if len(gated):
-        template = batch.select_idxs(stats.first_row[gated])
-        demos = build_demo_rows(template, [demo_ids[i] for i in gated], pad_token_id,
-                                scores=None if demo_scores is None else [demo_scores[i] for i in gated])
-        demos.batch[HPT_ROW_WEIGHT] = torch.as_tensor(beta[gated], dtype=torch.float32)
-        for key, values in (demo_extra or {}).items():
+    if n_units:
+        unit_q = np.asarray([u[0] for u in units], dtype=np.int64)
+        template = batch.select_idxs(stats.first_row[unit_q])
+        demos = build_demo_rows(template, unit_ids, pad_token_id, scores=unit_scores if demo_scores is not None
+                                else None)
+        demos.batch[HPT_ROW_WEIGHT] = torch.as_tensor(beta[unit_q] / np.asarray([u[2] for u in units]),
+                                                      dtype=torch.float32)  # β / m: the question's β shared
+        for key, values in unit_extra.items():
             if key in demos.non_tensor_batch:
-                demos.non_tensor_batch[key] = np.asarray([values[i] for i in gated],
-                                                         dtype=demos.non_tensor_batch[key].dtype)
+                demos.non_tensor_batch[key] = np.asarray(values, dtype=demos.non_tensor_batch[key].dtype)
         for k, arm in enumerate(arms):
-            rows = demos if k == len(arms) - 1 else demos.select_idxs(np.arange(len(gated)))  # a copy
-            rows.batch[HPT_ROW_KIND] = _kinds(RowKind.of_arm(arm), len(gated))
+            rows = demos if k == len(arms) - 1 else demos.select_idxs(np.arange(n_units))  # a copy
+            rows.batch[HPT_ROW_KIND] = _kinds(RowKind.of_arm(arm), n_units)
             if arm == "demo" and placement == "replace":
+                uids = rows.non_tensor_batch["uid"]
                 rows.non_tensor_batch["uid"] = np.asarray(
-                    [f"{u}{DEMO_UID_SUFFIX}" for u in rows.non_tensor_batch["uid"]], dtype=object)
+                    [f"{uid}{DEMO_UID_SUFFIX}{unit[1] or ''}" for uid, unit in zip(uids, units)], dtype=object)
             parts.append(rows)
     if not parts:
         raise ValueError("HPT gate kept no rows (every question has alpha = beta = 0)")
     merged = DataProto.concat(parts) if len(parts) > 1 else parts[0]
-    # Restore question order: rollouts of q, then q's demonstration rows (demo, demo_off).
+    # Restore question order: rollouts of q, then q's demonstration rows (per demonstration: demo, demo_off).
     n_roll = len(roll_rows)
     roll_index = {int(r): k for k, r in enumerate(roll_rows)}
-    offset = {arm: n_roll + k * len(gated) for k, arm in enumerate(arms)}
+    offset = {arm: n_roll + k * n_units for k, arm in enumerate(arms)}
     order = [roll_index[i] if kind == "roll" else offset[kind] + i for kind, i in pieces]
     merged.reorder(torch.as_tensor(order, dtype=torch.long))
     return merged, MergeStats(
@@ -140,8 +193,8 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
         num_gated=int(len(gated)),
         num_rl=int((alpha > 0).sum()),
         rollout_rows=int(n_roll),
-        demo_rows=int(len(gated)) * len(arms),
-        demo_off_rows=int(len(gated)) if "demo_off" in arms else 0,
+        demo_rows=n_units * len(arms),
+        demo_off_rows=n_units if "demo_off" in arms else 0,
     )
 
 

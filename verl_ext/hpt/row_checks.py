@@ -16,10 +16,15 @@ extra_info_not_mapping   ``extra_info`` present but not a mapping
 index_bad_type           ``extra_info.index`` neither an int nor a non-empty string
 ground_truth_missing     ``reward_model.ground_truth`` absent, null or blank
 ground_truth_not_string  neither a string nor a non-empty list of strings
-demo_missing             ``extra_info[hpt.demo_field]`` absent, null or blank     (train, gate can SFT)
-demo_not_string          the demonstration is not a string                        (train, gate can SFT)
+demo_missing             ``extra_info[hpt.demo_field]`` absent, null or blank, an empty list, or a
+                         null/blank list entry                                    (train, gate can SFT)
+demo_not_string          the demonstration is neither a string nor a list of strings (train, gate can SFT)
 demo_too_long            demonstration + EOS > ``rollout.response_length`` tokens (train, gate can SFT)
 =======================  ==========================================================================
+
+A list of demonstrations (several per question, ``hpt.demo_choice``) is checked entry by entry:
+every entry must be a non-empty string and is measured against the response length, and a problem
+names the entry as its field (``extra_info.target[2]``).
 
 The field list, types and purposes are the data contract, :mod:`verl_ext.data.contract` (the
 per-field checks live there too).
@@ -48,11 +53,12 @@ from typing import Optional, Sequence
 
 from verl_ext.data.contract import (
     check_data_source,
-    check_demo,
+    check_demo_field,
     check_extra_info,
     check_ground_truth,
     check_index,
     check_prompt,
+    demo_path,
 )
 
 
@@ -212,7 +218,7 @@ class FileScan:
     """What :func:`check_file` found besides the problems: rows for the reward checks."""
 
     source_rows: dict = field(default_factory=dict)  # data_source -> (row, ground truth, text, extra_info)
-    demo_sample: list = field(default_factory=list)  # (row, data_source, ground truth, demo, extra_info)
+    demo_sample: list = field(default_factory=list)  # (row, data_source, ground truth, demo or list, extra_info)
 
 
 def _sample_rows(n_rows: int, k: int, seed: int) -> set[int]:
@@ -239,9 +245,9 @@ def _row_problem(row: dict, checks: RowChecks) -> Optional[tuple[str, str, str]]
         if p:
             return (fld, *p)
     if checks.check_demo:
-        p = check_demo(row, checks.demo_field)
+        p = check_demo_field(row, checks.demo_field)
         if p:
-            return (f"extra_info.{checks.demo_field}", *p)
+            return p
     return None
 
 
@@ -290,7 +296,7 @@ def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_r
                 bad[i] = RowProblem(name, i, *p)
                 continue
             if checks.check_demo and i not in no_demo:
-                demo_texts[i] = info[checks.demo_field]
+                demo_texts[i] = info[checks.demo_field]  # a string, or a list of strings
             if tokenizer is not None and checks.max_prompt_length is not None:
                 prompt_texts[i] = _prompt_text(tokenizer, list(row[checks.prompt_key]),
                                                checks.apply_chat_template_kwargs)
@@ -303,13 +309,16 @@ def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_r
                                         f"data.max_prompt_length to at least {n} (or set "
                                         f"data.filter_overlong_prompts=true to drop such rows)")
             if checks.check_demo and checks.max_demo_tokens is not None:
-                d_idx = [i for i in demo_texts if i not in bad]
-                for i, n in zip(d_idx, _token_lengths(tokenizer, [demo_texts[i] for i in d_idx])):
+                # every entry of a list is measured (each may train): (row, entry index or None, text)
+                d_idx = [(i, j, text) for i in demo_texts if i not in bad
+                         for j, text in (enumerate(demo_texts[i]) if not isinstance(demo_texts[i], str)
+                                         else [(None, demo_texts[i])])]
+                for (i, j, _), n in zip(d_idx, _token_lengths(tokenizer, [text for *_, text in d_idx])):
                     if n + 1 > checks.max_demo_tokens:
                         if checks.on_long_demo == "truncate":
                             report.long_demos_truncated += 1
-                        else:
-                            bad[i] = RowProblem(name, i, f"extra_info.{checks.demo_field}", "demo_too_long",
+                        elif i not in bad:
+                            bad[i] = RowProblem(name, i, demo_path(checks.demo_field, j), "demo_too_long",
                                                 f"{n} tokens + EOS > response length {checks.max_demo_tokens}: "
                                                 f"raise data.max_response_length to at least {n + 1}")
         for j, row in enumerate(rows):
@@ -324,7 +333,9 @@ def check_file(path: str, split: str, checks: RowChecks, tokenizer=None, batch_r
             if scan is not None:
                 gt = row["reward_model"]["ground_truth"]
                 if ds not in scan.source_rows:
-                    scan.source_rows[ds] = (i, gt, demo_texts.get(i), row.get("extra_info"))
+                    demo = demo_texts.get(i)
+                    first = demo if demo is None or isinstance(demo, str) else demo[0]
+                    scan.source_rows[ds] = (i, gt, first, row.get("extra_info"))
                 if i in sample and i in demo_texts:
                     scan.demo_sample.append((i, ds, gt, demo_texts[i], row.get("extra_info")))
         offset += len(rows)
