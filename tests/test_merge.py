@@ -597,6 +597,15 @@ def test_padding_rows_do_not_change_the_gradient(name, entropy_coeff):
     # 16 rows in micro-batches of 4: the last micro-batch holds padding rows only
     assert (padded.batch[HPT_ROW_WEIGHT][-MICRO:] == 0).all()
 
+    if upge.gal_coef:
+        # DYPO's group-alignment weights, as the trainer fills them after padding: 0 on padding rows
+        from verl_ext.loss.gal import HPT_GAL_WEIGHT, annotate_gal_weights
+
+        for b in (real, padded):
+            annotate_gal_weights(b, correct_threshold=1.0, beta=upge.gal_beta)
+        assert padded.batch[HPT_GAL_WEIGHT][-n_pad:].abs().max() == 0
+        assert real.batch[HPT_GAL_WEIGHT].abs().max() > 0  # a mixed group: the term is on
+
     want = actor_gradient(policy, copy.deepcopy(real), loss_fn, len(real), 1, with_entropy)
     got = actor_gradient(policy, padded, loss_fn, len(padded), 1, with_entropy)
     _assert_same_grads(want, got)

@@ -321,6 +321,7 @@ class _Scorer:
 def _bare_trainer(char_tok, gate=None, max_skips=5):
     """A RayHPTTrainer with only what the hooks under test read (no Ray, no workers)."""
     from recipe.hpt.hpt_ray_trainer import RayHPTTrainer
+    from verl_ext.loss.config import UPGELossConfig
 
     t = object.__new__(RayHPTTrainer)
     t.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"response_length": 8}},
@@ -328,6 +329,8 @@ def _bare_trainer(char_tok, gate=None, max_skips=5):
     t.gate_config = gate or GateConfig(strategy="switch", gamma=0.5)
     t.demo_field = "target"
     t.demo_choice, t.demo_seed = "uniform", 0
+    t.upge = UPGELossConfig()  # no group-alignment term
+    t.stages = None
     t.tokenizer = char_tok
     t._demo_scorer = _Scorer()
     t.global_steps = 7

@@ -15,6 +15,7 @@ unchanged code. "Breaks if" says what to re-check when verl changes.
    rollout correction); mismatch metrics over sampled rows only. Breaks if verl renames
    ``rollout_log_probs``/``old_log_probs`` or computes its mismatch metrics elsewhere.
 3. ``_update_actor``: per-arm token totals per global mini-batch (``annotate_arm_token_counts``),
+   DYPO's group-alignment weights from the old log-probs when ``hpt.loss.gal_coef`` is set,
    skipped-step accounting, infinite ratio metrics dropped. Breaks if verl cuts mini-batches
    differently (``make_iterator``, shuffle) or renames the ``actor/*`` skip flags.
 4. ``init_workers``: staged generation (``hpt.stages``) wraps verl's rollout manager
@@ -71,7 +72,6 @@ import os
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
@@ -91,7 +91,7 @@ from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.staged_rollout import drop_placeholders
 from verl_ext.hpt.stages import SAMPLED_KEY, generation_accounting
 from verl_ext.hpt.metrics import hpt_step_metrics
-from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
+from verl_ext.loss.batch_keys import HPT_ROW_KIND, RowKind
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
 
 logger = logging.getLogger(__name__)
@@ -502,17 +502,9 @@ class RayHPTTrainer(RayPPOTrainer):
 
     def _annotate_gal_weights(self, batch: DataProto, step_metrics: Optional[dict]) -> None:
         """DYPO's group alignment term: per-row weights from the old log-probs (verl_ext/loss/gal.py)."""
-        from verl_ext.loss.gal import HPT_GAL_WEIGHT, gal_row_weights
+        from verl_ext.loss.gal import annotate_gal_weights
 
-        b = batch.batch
-        mask = b["response_mask"].float()  # (B, T)
-        seq_old = (b["old_log_probs"].float() * mask).sum(-1).numpy()  # (B,) Σ_t log π_θold
-        score_key = "token_level_scores" if "token_level_scores" in b.keys() else "rm_scores"
-        correct = b[score_key].sum(-1).float().numpy() >= self.gate_config.correct_threshold  # (B,)
-        eligible = ((b[HPT_ROW_KIND] == RowKind.ROLLOUT) & (b[HPT_ROW_WEIGHT] > 0)).numpy()
-        weights, value, groups = gal_row_weights(batch.non_tensor_batch["uid"], correct, seq_old, eligible,
-                                                 beta=self.upge.gal_beta)
-        b[HPT_GAL_WEIGHT] = torch.as_tensor(weights, dtype=torch.float32)
+        value, groups = annotate_gal_weights(batch, self.gate_config.correct_threshold, self.upge.gal_beta)
         if step_metrics is not None:
             step_metrics["hpt/gal/loss"] = value
             step_metrics["hpt/gal/groups"] = groups

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 
 HPT_GAL_WEIGHT = "hpt_gal_weight"
 
@@ -77,3 +78,20 @@ def gal_row_weights(uids: Sequence, correct: np.ndarray, seq_logp: np.ndarray, e
         w[rows] = c / (len(rows) * len(mixed))
         total += loss
     return w, total / len(mixed), len(mixed)
+
+
+def annotate_gal_weights(batch, correct_threshold: float, beta: float) -> tuple[float, int]:
+    """Fill ``batch.batch[HPT_GAL_WEIGHT]`` (B,) of a verl ``DataProto`` about to be trained, from its
+    ``old_log_probs``, scores and row kinds; returns (exact L_GAL, mixed groups). Rows taking part: live
+    (``hpt_row_weight`` > 0) rollout rows; demonstration and padding rows get weight 0."""
+    from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
+
+    b = batch.batch
+    mask = b["response_mask"].float()  # (B, T)
+    seq_old = (b["old_log_probs"].float() * mask).sum(-1).numpy()  # (B,) Σ_t log π_θold
+    score_key = "token_level_scores" if "token_level_scores" in b.keys() else "rm_scores"
+    correct = b[score_key].sum(-1).float().numpy() >= correct_threshold  # (B,)
+    eligible = ((b[HPT_ROW_KIND] == RowKind.ROLLOUT) & (b[HPT_ROW_WEIGHT] > 0)).numpy()  # (B,)
+    weights, value, groups = gal_row_weights(batch.non_tensor_batch["uid"], correct, seq_old, eligible, beta)
+    b[HPT_GAL_WEIGHT] = torch.as_tensor(weights, dtype=torch.float32)
+    return value, groups
