@@ -101,6 +101,36 @@ def test_all_demonstration_step_reports_no_valid_mismatch(char_tok, monkeypatch)
     assert t._rollout_debug_metrics["training/rollout_probs_diff_valid"] == 0
 
 
+def test_demonstration_prefix_tokens_of_rollout_rows_become_neutral(char_tok, monkeypatch):
+    """A prefix-guided rollout row (staged generation, TRAPO): its demonstration-prefix tokens were not
+    sampled (rollout log-prob 0): they get the actor's log-probs; its generated tokens keep theirs."""
+    from verl_ext.loss.batch_keys import HPT_PREFIX_MASK
+
+    batch = make_rollout_batch([(4, 1), (4, 3)], seed=8)
+    rmask = batch.batch["response_mask"].bool()
+    prefix = torch.zeros_like(rmask)
+    prefix[0, :2] = True
+    prefix &= rmask
+    batch.batch[HPT_PREFIX_MASK] = prefix.float()
+    batch.batch["rollout_log_probs"][prefix] = 0.0  # what the agent loop reports for copied tokens
+    t = _trainer(char_tok, gamma=0.0)
+    t._balance_batch(batch, {})
+    prefix = batch.batch[HPT_PREFIX_MASK].bool()
+    assert int(prefix.sum()) == 2  # the key survived the gate, the merge and the padding
+    rollout_lp = batch.batch["rollout_log_probs"].clone()
+    actor_lp = rollout_lp - 0.5
+    _fake_old_log_prob(monkeypatch, actor_lp)
+    t._compute_old_log_prob(batch)
+    assert torch.equal(batch.batch["rollout_log_probs"][prefix], actor_lp[prefix])
+    assert torch.equal(batch.batch["rollout_log_probs"][~prefix], rollout_lp[~prefix])
+    # the mismatch metric reads the sampled rows' generated tokens only (prefix tokens' zero differences
+    # would lower the mean)
+    rows = batch.batch[HPT_ROW_KIND] == 0
+    gen = batch.batch["response_mask"].bool() & ~prefix & rows[:, None]
+    expected = (rollout_lp[gen].exp() - actor_lp[gen].exp()).abs().mean().item()
+    assert t._rollout_debug_metrics["training/rollout_probs_diff_mean"] == pytest.approx(expected, rel=1e-6)
+
+
 # ------------------------------------------------------------------ 3. bypass mode
 def test_bypass_mode_is_rejected_at_start_up():
     from recipe.hpt.hpt_ray_trainer import unsupported_settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 from dataclasses import replace
 
@@ -173,6 +174,8 @@ class Batch:
         if hpt_keys:
             fields["hpt_row_kind"] = self.is_demo
             fields["hpt_row_weight"] = self.row_weight
+            if getattr(self, "prefix_mask", None) is not None:
+                fields["hpt_prefix_mask"] = self.prefix_mask
         td = TensorDict(fields, batch_size=[self.B])
         if hpt_keys and totals:
             annotate_arm_token_counts(td, mini_batch_size=mini_batch_size, dp_size=dp_size)
@@ -306,6 +309,10 @@ def reference_loss(name, batch):
         return const_len_sum(-a_on * logp_all, ro) + const_len_sum(-A * off, de) + sft
     if name in ("hpt", "hpt_release", "hpt_release_global"):
         return const_len_sum(on_policy, ro) + nll_token_mean(de)
+    if name == "trapo":
+        # generated tokens −Â·π/π_old; demonstration tokens −π/sg(max(π, 0.1)); both Σ / 8192
+        trsft = -torch.exp(logp_all - torch.clamp(logp_all.detach(), min=math.log(0.1)))
+        return const_len_sum(on_policy, ro) + const_len_sum(trsft, de)
     if name == "rasft":
         # weighted SFT only: correct rollouts imitated (Â = 1), wrong ones not (Â = 0), each arm a token mean
         correct = (batch.row_score == 1.0).to(DT).unsqueeze(-1)
@@ -344,7 +351,7 @@ def preset_batch(name, seed=0):
 def test_every_preset_has_a_reference():
     assert set(PRESETS) == {
         "sft", "reinforce", "ppo", "grpo", "dr_grpo", "cispo", "gspo", "luffy", "srft", "srft_release",
-        "hpt", "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off", "rasft", "dypo",
+        "hpt", "hpt_release", "hpt_release_global", "hpt_paper", "hpt_release_off", "rasft", "dypo", "trapo",
     }  # fmt: skip
 
 
@@ -1038,3 +1045,57 @@ def test_gal_term_gradient_equals_the_pairwise_loss_for_any_split():
     with pytest.raises(ValueError, match="hpt_gal_weight"):
         run_loss(batch, upge_loss_fn(with_gal), td, one_micro(batch))
     assert base.gal_coef == 0.0
+
+
+# ------------------------------------------------------------------ TRAPO's parts (issue 16)
+
+
+def test_self_floor_ref_is_sft_above_the_floor_and_damped_below():
+    """ref=self_floor: ∇ℓ_t = −Â · min(1, π_t/α) · ∇log π_t (TRAPO's trust-region SFT, α = 0.1)."""
+    from verl_ext.loss.config import UPGEArmConfig
+
+    batch = Batch(6, seed=41, demo=list(range(6)))
+    arm = UPGEArmConfig(stable="none", ref="self_floor", ref_floor=0.1, adv="one", agg="token-sum")
+    upge = UPGELossConfig(demo=arm)
+    loss, _ = run_loss(batch, upge_loss_fn(upge), batch.tensordict(), one_micro(batch))
+    logp = batch.response_log_prob()
+    m = batch.response_mask.bool()
+    w = torch.clamp(logp.detach().exp() / 0.1, max=1.0)  # (B,R)
+    assert bool(((w < 1) & m).any()) and bool(((w == 1) & m).any())  # both regimes occur
+    assert_grad_close(grad(-(w * logp * m).sum(), batch), grad(loss, batch))
+
+
+def test_prefix_tokens_of_rollout_rows_train_the_demo_arm_for_any_split():
+    """hpt_prefix_mask: a rollout row's demonstration-prefix tokens join the demo arm (its token mean
+    over demo rows' tokens and all prefix tokens), its other tokens the rollout arm."""
+    batch = Batch(8, seed=43, demo=[6, 7])
+    m = batch.response_mask.bool()
+    prefix = torch.zeros_like(m)
+    prefix[0, :3] = True  # rows 0 and 1 continued a demonstration prefix of 3 and 2 tokens
+    prefix[1, :2] = True
+    prefix &= m
+    assert prefix[0].sum() > 0 and (m[0] & ~prefix[0]).sum() > 0  # row 0 has both kinds of tokens
+    batch.prefix_mask = prefix.to(DT)
+    upge = preset("hpt")
+    fn = upge_loss_fn(upge)
+    loss, _ = run_loss(batch, fn, batch.tensordict(), one_micro(batch))
+
+    logp = batch.response_log_prob()
+    ro = torch.zeros(8, dtype=torch.bool)
+    ro[:6] = True
+    rl_tokens = m & ro[:, None] & ~prefix
+    sft_tokens = (m & ~ro[:, None]) | prefix
+    rl = (-batch.advantages * torch.exp(logp - batch.old_log_probs) * rl_tokens).sum() / 8192
+    sft = -(logp * sft_tokens).sum() / sft_tokens.sum()
+    assert_grad_close(grad(rl + sft, batch), grad(loss, batch))
+    # the same without the mask differs (the test can fail)
+    batch_plain = Batch(8, seed=43, demo=[6, 7])
+    loss_plain, _ = run_loss(batch_plain, fn, batch_plain.tensordict(), one_micro(batch_plain))
+    assert not torch.allclose(grad(loss, batch), grad(loss_plain, batch_plain), atol=1e-6)
+    # any micro-batch split, and two DP ranks (totals from annotate_arm_token_counts)
+    for split in ([[0, 6], [1, 2, 3, 4, 5, 7]], [[5, 0, 7, 3], [1, 2, 4, 6]]):
+        loss_s, _ = run_loss(batch, fn, batch.tensordict(), [split])
+        assert_grad_close(grad(loss, batch), grad(loss_s, batch))
+    loss_2, _ = run_loss(batch, fn, batch.tensordict(mini_batch_size=8, dp_size=2), [[[0, 1], [2, 3]], [[4, 5, 6, 7]]],
+                         dp_size=2, n_ranks=2)
+    assert_grad_close(grad(loss, batch) / 2, grad(loss_2, batch))

@@ -91,7 +91,7 @@ from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.staged_rollout import drop_placeholders
 from verl_ext.hpt.stages import SAMPLED_KEY, generation_accounting
 from verl_ext.hpt.metrics import hpt_step_metrics
-from verl_ext.loss.batch_keys import HPT_ROW_KIND, RowKind
+from verl_ext.loss.batch_keys import HPT_PREFIX_MASK, HPT_ROW_KIND, RowKind
 from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
 
 logger = logging.getLogger(__name__)
@@ -455,17 +455,22 @@ class RayHPTTrainer(RayPPOTrainer):
             from verl.utils.debug.metrics import calculate_debug_metrics
 
             demo = batch.batch[HPT_ROW_KIND] != RowKind.ROLLOUT  # (B,) demonstration rows (any kind)
-            if bool(demo.any()):
+            # (B, T) demonstration-prefix tokens inside rollout rows (staged prefix stages): not sampled either
+            prefix = batch.batch[HPT_PREFIX_MASK].bool() if HPT_PREFIX_MASK in keys else None
+            if bool(demo.any()) or (prefix is not None and bool(prefix.any())):
                 actor_lp = old_log_prob.batch["old_log_probs"]  # (B, T)
                 rollout_lp = batch.batch["rollout_log_probs"]  # (B, T)
                 rollout_lp[demo] = actor_lp[demo].to(rollout_lp.dtype)
+                mask = batch.batch["response_mask"]
+                if prefix is not None:
+                    rollout_lp[prefix] = actor_lp[prefix].to(rollout_lp.dtype)
+                    mask = mask * (~prefix).to(mask.dtype)  # the metric over sampled tokens only
                 # Only the four tensors the metric reads, for the sampled rows (not a copy of the
                 # whole batch). No sampled row: verl's own "no valid token" answer (valid 0, NaN).
                 sampled = ~demo
                 view = DataProto.from_dict(tensors={
                     "rollout_log_probs": rollout_lp[sampled], "old_log_probs": actor_lp[sampled],
-                    "response_mask": batch.batch["response_mask"][sampled],
-                    "responses": batch.batch["responses"][sampled]})
+                    "response_mask": mask[sampled], "responses": batch.batch["responses"][sampled]})
                 self._rollout_debug_metrics = calculate_debug_metrics(view)
         return old_log_prob, mfu
 

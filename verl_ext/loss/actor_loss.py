@@ -72,8 +72,10 @@ from verl_ext.loss.batch_keys import (
     ALL_TOTAL_KEYS,
     ARM_KINDS,
     ARM_TOTAL_KEYS,
+    HPT_PREFIX_MASK,
     HPT_ROW_KIND,
     HPT_ROW_WEIGHT,
+    arm_token_masks,
     row_kinds,
 )
 from verl_ext.loss.config import ARM_NAMES, DEMO_ARMS, UPGELossConfig
@@ -129,7 +131,8 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     )
 
     fields = ["response_mask", "old_log_probs", "advantages"]
-    fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_ROW_KIND, HPT_ROW_WEIGHT) if k in data.keys()]
+    fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_ROW_KIND, HPT_ROW_WEIGHT, HPT_PREFIX_MASK)
+               if k in data.keys()]
     if upge.gal_coef:
         if HPT_GAL_WEIGHT not in data.keys():
             raise ValueError(f"hpt.loss.gal_coef={upge.gal_coef} needs the per-row {HPT_GAL_WEIGHT!r} in the batch "
@@ -154,6 +157,8 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     row_weight = td[HPT_ROW_WEIGHT].reshape(num_rows).to(log_prob.dtype) if HPT_ROW_WEIGHT in td.keys() else None
     live = row_weight > 0 if row_weight is not None else torch.ones(num_rows, dtype=torch.bool, device=arm_code.device)
     valid = response_mask & live.unsqueeze(-1)  # (B, T): tokens of non-padding rows
+    prefix = td[HPT_PREFIX_MASK] if HPT_PREFIX_MASK in td.keys() else None  # (B, T) demo-prefix tokens
+    arm_masks = arm_token_masks(response_mask, arm_code, live, prefix)  # arm -> (B, T) bool
 
     totals = _arm_totals(td, upge, have_totals, batch_num_tokens, global_batch_size)
     use_sum = have_totals or verl_global
@@ -166,7 +171,7 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     policy_loss = torch.where(valid, log_prob, 0.0).sum() * 0.0
     local_tokens = {}
     for name in ARM_NAMES:
-        rows = live & (arm_code == ARM_KINDS[name])
+        rows = arm_masks[name].any(dim=-1) | (live & (arm_code == ARM_KINDS[name]))  # (B,)
         n_rows = int(rows.sum())
         arm = upge.arm(name)
         if arm is None:
@@ -181,7 +186,7 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
             continue
         # The arm works on its own rows only: no work, and no NaN risk, on the other arm's rows.
         pick = _row_picker(rows, n_rows, num_rows)  # (B, ...) -> (b, ...), b = n_rows
-        mask = pick(response_mask)  # (b, T)
+        mask = pick(arm_masks[name])  # (b, T): the arm's tokens of its rows
         local_tokens[name] = mask.sum()
         arm_log_prob = pick(log_prob)
         weight = None if row_weight is None else pick(row_weight).unsqueeze(-1)

@@ -20,6 +20,13 @@ All are shape (B,); all are optional.
     hpt_demo_seqs_total        int  same for demo rows
     hpt_demo_off_seqs_total    int  same for demo_off rows
 
+and one per-token key, optional:
+
+    hpt_prefix_mask        (B,T)   1 on response tokens of a *rollout* row that were copied from a
+                                   demonstration (TRAPO's prefix-guided rows: the policy continued a
+                                   demonstration prefix); those tokens are trained by the ``demo`` arm,
+                                   the row's other tokens by the ``rollout`` arm. 0 everywhere else.
+
 "live" = ``hpt_row_weight > 0``. The six ``*_total`` keys hold one value per global mini-batch
 (all DP ranks together), repeated on every row of that mini-batch. They are the per-arm analogue
 of verl's ``batch_num_tokens``/``global_batch_size``: verl computes those from ``loss_mask`` over
@@ -41,6 +48,7 @@ from verl_ext.loss.config import ARM_NAMES
 
 HPT_ROW_KIND = "hpt_row_kind"
 HPT_ROW_WEIGHT = "hpt_row_weight"
+HPT_PREFIX_MASK = "hpt_prefix_mask"
 
 
 class RowKind(IntEnum):
@@ -81,6 +89,23 @@ def row_kinds(kinds: torch.Tensor) -> torch.Tensor:
             + ", ".join(f"{int(k)} ({k.name})" for k in RowKind)
         )
     return codes
+
+
+def arm_token_masks(response_mask: torch.Tensor, codes: torch.Tensor, live: torch.Tensor,
+                    prefix_mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """Each arm's tokens, (B,T) bool per arm name: a row's response tokens go to the arm of its kind,
+    except a rollout row's demonstration-prefix tokens (``prefix_mask``), which go to ``demo``.
+
+    response_mask (B,T); codes (B,) RowKind; live (B,) bool; prefix_mask (B,T) or None.
+    """
+    valid = response_mask.to(torch.bool) & live.reshape(-1, 1)  # (B,T)
+    kind = codes.reshape(-1, 1)  # (B,1)
+    out = {name: valid & (kind == ARM_KINDS[name]) for name in ARM_NAMES}
+    if prefix_mask is not None:
+        prefix = valid & prefix_mask.to(torch.bool) & (kind == RowKind.ROLLOUT)  # (B,T)
+        out["rollout"] = out["rollout"] & ~prefix
+        out["demo"] = out["demo"] | prefix
+    return out
 
 
 def _tensordict(batch):
@@ -141,6 +166,7 @@ def annotate_arm_token_counts(batch, *, mini_batch_size: Optional[int] = None, d
         codes = row_kinds(td[HPT_ROW_KIND].reshape(num_rows).cpu())
     tokens = tokens.cpu() * live
     seqs = (tokens > 0).to(torch.int64)
+    prefix = td[HPT_PREFIX_MASK] if HPT_PREFIX_MASK in td.keys() else None
 
     if dp_group is not None and mini_batch_size is not None:
         raise ValueError("pass either dp_group (one mini-batch shard) or mini_batch_size (whole batch)")
@@ -148,9 +174,17 @@ def annotate_arm_token_counts(batch, *, mini_batch_size: Optional[int] = None, d
     num_groups = int(groups.max().item()) + 1 if num_rows else 0
     # Columns: tokens, seqs of each arm in ARM_TOTAL_KEYS order (the order of ALL_TOTAL_KEYS).
     columns = []
-    for name in ARM_TOTAL_KEYS:
-        mine = codes == ARM_KINDS[name]
-        columns += [tokens * mine, seqs * mine]
+    if prefix is None:
+        for name in ARM_TOTAL_KEYS:
+            mine = codes == ARM_KINDS[name]
+            columns += [tokens * mine, seqs * mine]
+    else:  # per-token arms: a prefix-guided rollout row counts in both arms (tokens of each)
+        padded = response_mask.to_padded_tensor(0) if response_mask.is_nested else response_mask
+        prefix = prefix.to_padded_tensor(0) if prefix.is_nested else prefix
+        masks = arm_token_masks(padded.cpu(), codes, live, prefix.cpu())
+        for name in ARM_TOTAL_KEYS:
+            arm_tokens = masks[name].sum(dim=-1).to(torch.int64)
+            columns += [arm_tokens, (arm_tokens > 0).to(torch.int64)]
     per_row = torch.stack(columns, dim=1)
     totals = torch.zeros(num_groups, len(ALL_TOTAL_KEYS), dtype=torch.int64).index_add_(0, groups, per_row)
     if dp_group is not None:

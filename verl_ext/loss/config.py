@@ -22,7 +22,8 @@ Schema of ``hpt.loss`` (YAML presets in ``recipe/hpt/config/upge/``)::
       clip_low: 0.2          # ε_low  (ppo_clip, cispo, gspo_seq_clip)
       clip_high: 0.2         # ε_high (ppo_clip, cispo, gspo_seq_clip)
       clip_c: null           # dual-clip constant c > 1 (ppo_clip only); null = no dual clip
-      ref: old               # old | self | one | gspo_seq
+      ref: old               # old | self | one | gspo_seq | self_floor (π_ref = sg(max(π_θ, ref_floor)))
+      ref_floor: 0.1         # self_floor's floor α: ∇ = ∇log π for π ≥ α, (π/α)·∇log π below (TRAPO)
       adv: batch             # batch (verl's `advantages`) | one (Â ≡ 1) | outcome (per-row, below)
       adv_correct: 1.0       # outcome: Â_i = adv_correct · sg(exp(adv_entropy_exp · H̄_i)) if row i is correct
       adv_incorrect: -1.0    # outcome: Â_i = adv_incorrect otherwise
@@ -75,7 +76,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 STABLE_MODES = ("none", "ppo_clip", "cispo", "gspo_seq_clip")
-REF_MODES = ("old", "self", "one", "gspo_seq")
+REF_MODES = ("old", "self", "one", "gspo_seq", "self_floor")
 ADV_MODES = ("batch", "one", "outcome")
 # The five modes implemented by verl.trainer.ppo.core_algos.agg_loss, normalised over the global batch.
 VERL_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -103,6 +104,7 @@ class UPGEArmConfig:
     clip_high: float = 0.2
     clip_c: Optional[float] = None
     ref: str = "old"
+    ref_floor: float = 0.1  # ref=self_floor: π_ref = sg(max(π_θ, ref_floor)) (TRAPO's trust-region SFT)
     adv: str = "batch"
     shaping_gamma: Optional[float] = None
     agg: str = "token-mean"
@@ -141,6 +143,9 @@ class UPGEArmConfig:
         _check_number(path, "clip_low", self.clip_low, lo=0.0, hi=1.0, hi_open=False)
         _check_number(path, "clip_high", self.clip_high, lo=0.0)
         _check_number(path, "coef", self.coef)
+        _check_number(path, "ref_floor", self.ref_floor, lo=0.0, hi=1.0, hi_open=False)
+        if not self.ref_floor > 0.0:
+            raise UPGEConfigError(f"{path}.ref_floor={self.ref_floor!r} must be in (0, 1]")
         for key in ("adv_correct", "adv_incorrect", "adv_entropy_exp", "correct_score", "nll_coef",
                     "nll_entropy_exp"):
             _check_number(path, key, getattr(self, key))

@@ -64,6 +64,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import math
+
 import torch
 
 from verl.trainer.ppo.core_algos import agg_loss
@@ -169,7 +171,7 @@ def entropy_weighted_nll(
     )
 
 
-def upge_ratio(log_prob, old_log_prob, response_mask, ref: str) -> torch.Tensor:
+def upge_ratio(log_prob, old_log_prob, response_mask, ref: str, ref_floor: float = 0.1) -> torch.Tensor:
     """ρ = π_θ/π_ref with the gradient of the UPGE term (∇ρ = ρ·∇log π_θ); shape (B,T)."""
     if ref == "old":
         return torch.exp(torch.clamp(log_prob - old_log_prob, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
@@ -177,6 +179,9 @@ def upge_ratio(log_prob, old_log_prob, response_mask, ref: str) -> torch.Tensor:
         return torch.exp(log_prob - log_prob.detach())
     if ref == "one":
         return torch.exp(log_prob)
+    if ref == "self_floor":
+        # π_θ / sg(max(π_θ, α)): 1 (plain SFT) where π_θ ≥ α, π_θ/α (damped) below (TRAPO's TrSFT)
+        return torch.exp(log_prob - torch.clamp(log_prob.detach(), min=math.log(ref_floor)))
     if ref == "gspo_seq":
         seq = _sequence_log_ratio(log_prob, old_log_prob, response_mask)
         return torch.exp(torch.clamp(log_prob - log_prob.detach() + seq, max=_SEQ_LOG_RATIO_MAX))
@@ -205,7 +210,7 @@ def upge_token_loss(
     """
     # Â ≡ 1 as a 0-dim tensor: broadcasts through every formula without a (B,T) buffer.
     adv = log_prob.new_ones(()) if arm.adv == "one" else advantages
-    ratio = upge_ratio(log_prob, old_log_prob, response_mask, arm.ref)
+    ratio = upge_ratio(log_prob, old_log_prob, response_mask, arm.ref, arm.ref_floor)
     neg_kl = (log_prob.detach() - old_log_prob).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     stable = arm.stable
 
