@@ -698,3 +698,24 @@ def test_grad_norm_skip_at_the_release_threshold_is_strict_and_exact():
     eng, NF, GN = _guarded(threshold=n * (1 + 1e-4))  # just above N: verl's own step runs
     out = eng.train_batch(_data(scale=400.0), _mse)
     assert out["metrics"][GN] == [0.0] and int(eng.optimizer.state_dict()["state"][0]["step"]) == 1
+
+
+def test_generation_accounting_counts_sampled_tokens_and_nothing_for_the_sft_only_baseline(char_tok):
+    """hpt/gen/tokens: the rollouts' response tokens; the SFT-only baseline's "rollouts" are its
+    demonstrations (verl_ext/hpt/demo_rollout.py), so it generates nothing."""
+    from tests.test_gate import make_rollout_batch
+    from verl_ext.hpt.gate import question_stats
+
+    batch = make_rollout_batch([(4, 0), (4, 2)], seed=3)
+    stats = question_stats(batch.non_tensor_batch["uid"], batch.batch["rm_scores"].sum(-1).numpy())
+    tokens = float(batch.batch["response_mask"].sum())
+    q0_tokens = float(batch.batch["response_mask"][stats.rows[0]].sum())
+    t = _bare_trainer(char_tok)
+    metrics = {}
+    t._record_generation(metrics, batch, stats, alpha=np.array([0.0, 1.0]))
+    assert metrics["hpt/gen/tokens"] == tokens and metrics["hpt/gen/tokens_wasted"] == q0_tokens
+    assert t.hpt_state["gen_tokens"] == tokens
+    sft_only = _bare_trainer(char_tok, gate=GateConfig(strategy="always"))
+    metrics = {}
+    sft_only._record_generation(metrics, batch, stats, alpha=np.array([0.0, 0.0]))
+    assert metrics["hpt/gen/tokens"] == 0 and metrics["hpt/gen/tokens_wasted"] == 0

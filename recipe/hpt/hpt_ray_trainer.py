@@ -387,6 +387,8 @@ class RayHPTTrainer(RayPPOTrainer):
         index = {u: q for q, u in enumerate(stats.uids)}
         question = np.asarray([index[u] for u in nt["uid"]], dtype=np.int64)
         tokens = batch.batch["response_mask"].sum(-1).numpy()
+        if not self.gate_config.needs_rollouts:
+            tokens = np.zeros_like(tokens)  # the SFT-only baseline's rows are demonstrations: nothing generated
         acc = generation_accounting(tokens, sampled, question, trained_rl=np.asarray(alpha) > 0)
         for key, value in acc.items():
             metrics[f"hpt/gen/{key}"] = value
