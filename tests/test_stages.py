@@ -35,14 +35,16 @@ def test_load_stages_checks_each_key():
         load_stages([{"rollouts": 4, "max_correct": 0, "action": "stop_to_sft"}, {"rollouts": 4}], n=8)
     with pytest.raises(StagesConfigError, match=r"hpt\.stages\[1\]\.action='halt'"):
         load_stages([{"rollouts": 4}, {"rollouts": 4, "max_correct": 0, "action": "halt"}], n=8)
-    with pytest.raises(StagesConfigError, match=r"not implemented yet"):
+    with pytest.raises(StagesConfigError, match=r"hpt\.stages\[1\]\.prefix is not set"):
         load_stages([{"rollouts": 4}, {"rollouts": 4, "max_correct": 1, "action": "continue_with_prefix"}], n=8)
     with pytest.raises(StagesConfigError, match=r"hpt\.stages\[1\]\.action='stop_to_sft' needs"):
         load_stages([{"rollouts": 4}, {"rollouts": 4, "action": "stop_to_sft"}], n=8)
     with pytest.raises(StagesConfigError, match=r"hpt\.stages\[1\]\.rollouts=0"):
         load_stages([{"rollouts": 8}, {"rollouts": 0}], n=8)
-    with pytest.raises(StagesConfigError, match=r"unknown key"):
+    with pytest.raises(StagesConfigError, match=r"hpt\.stages\[0\]\.prefix=0.5 is only read with"):
         load_stages([{"rollouts": 8, "prefix": 0.5}], n=8)
+    with pytest.raises(StagesConfigError, match=r"unknown key"):
+        load_stages([{"rollouts": 8, "prefx": 0.5}], n=8)
 
 
 # ------------------------------------------------------------------ decisions at and around the threshold
@@ -54,7 +56,7 @@ def test_stop_decision_at_and_around_the_threshold(threshold):
     first_stage_correct = np.array([0, 1, 2, 3, 4])  # questions 0..4
     calls = []
 
-    def draw(s, questions, k):
+    def draw(s, questions, k, prefix):
         calls.append((s, questions.tolist(), k))
         if s == 0:
             return np.arange(k)[None, :] < first_stage_correct[questions][:, None]
@@ -76,7 +78,7 @@ def test_stopped_questions_stay_stopped_and_continue_draws():
     # question 0: never correct (stops after stage 1); 1: one correct per stage; 2: all correct
     per_stage = {0: 0, 1: 1, 2: 2}
 
-    def draw(s, questions, k):
+    def draw(s, questions, k, prefix):
         return np.array([[j < per_stage[int(q)] for j in range(k)] for q in questions])
 
     plan = run_stages(stages, 3, draw)

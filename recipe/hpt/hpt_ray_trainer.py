@@ -392,6 +392,10 @@ class RayHPTTrainer(RayPPOTrainer):
         acc = generation_accounting(tokens, sampled, question, trained_rl=np.asarray(alpha) > 0)
         for key, value in acc.items():
             metrics[f"hpt/gen/{key}"] = value
+        if HPT_PREFIX_MASK in batch.batch.keys():  # staged continue_with_prefix rows (drawn rows only)
+            prefix = batch.batch[HPT_PREFIX_MASK].float().sum(-1).numpy() * sampled
+            metrics["hpt/stages/prefix_rows"] = int((prefix > 0).sum())
+            metrics["hpt/stages/prefix_tokens"] = float(prefix.sum())
         st = self.hpt_state
         for key in ("tokens", "tokens_wasted", "tokens_saved_est", "rows_skipped"):
             st[f"gen_{key}"] = st.get(f"gen_{key}", 0) + acc[key]
@@ -613,11 +617,16 @@ class RayHPTTrainer(RayPPOTrainer):
     def init_workers(self):
         super().init_workers()
         if self.stages is not None:
+            from verl_ext.hpt.prefix import DemonstrationPrefixer
             from verl_ext.hpt.staged_rollout import StagedRolloutManager
 
+            rollout = self.config.actor_rollout_ref.rollout
+            prefixer = DemonstrationPrefixer(self.tokenizer, int(rollout.response_length), self.demo_field,
+                                             demo_choice=self.demo_choice, seed=self.demo_seed)
             self.async_rollout_manager = StagedRolloutManager(
-                self.async_rollout_manager, self.stages, n=int(self.config.actor_rollout_ref.rollout.n),
-                correct_threshold=self.gate_config.correct_threshold)
+                self.async_rollout_manager, self.stages, n=int(rollout.n),
+                correct_threshold=self.gate_config.correct_threshold, prefixer=prefixer,
+                default_agent=str(rollout.agent.default_agent_loop))
         if not self.gate_config.needs_rollouts:
             from verl_ext.hpt.demo_rollout import DeferredWeightSync, DemonstrationRolloutManager
 

@@ -11,6 +11,14 @@ trainer drops placeholders before its gate (:func:`drop_placeholders`). Each row
 position in the full batch as verl's ``priority``, which seeds the ``hf`` rollout per row: a staged
 run draws exactly the rows a plain run draws in the same slots.
 
+A ``continue_with_prefix`` stage (:mod:`verl_ext.hpt.stages`) sends the rows of the questions whose
+condition holds to verl's agent loop under ``agent_name = "hpt_prefix_agent"``
+(:mod:`verl_ext.rollout.prefix_agent_loop`) with ``hpt_prefix_ids``, the question's demonstration cut
+by :mod:`verl_ext.hpt.prefix` (``prefixer``); the stage's other rows keep verl's default agent loop.
+When the stages have such an action, the answer carries ``hpt_prefix_mask`` (B, R) float: 1 on the
+prefix tokens at the start of a prefix row's response, 0 elsewhere (plain rows, placeholders). A
+question without a usable demonstration draws that stage's rows plainly.
+
 verl contract relied on (0.9.1): ``AgentLoopManager.generate_sequences`` splits its batch into
 ``len(agent_loop_workers)`` equal chunks, so each stage's request is padded to a multiple of that
 with verl's ``pad_dataproto_to_divisor`` (those rows are generated and dropped, counted as
@@ -23,10 +31,16 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
 from verl import DataProto
 from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 
-from verl_ext.hpt.stages import SAMPLED_KEY, STOPPED_KEY, Stage, StagePlan, run_stages
+from verl_ext.hpt.stages import PREFIX_ACTION, SAMPLED_KEY, STOPPED_KEY, Stage, StagePlan, run_stages
+from verl_ext.loss.batch_keys import HPT_PREFIX_MASK
+
+PREFIX_AGENT = "hpt_prefix_agent"  # verl_ext.rollout.prefix_agent_loop (not imported here: it needs verl's agent loop)
+PREFIX_IDS_KEY = "hpt_prefix_ids"
+PREFIX_LEN_KEY = "hpt_prefix_len"
 
 
 def question_rows(uids: np.ndarray, n: int) -> np.ndarray:
@@ -47,7 +61,8 @@ def question_rows(uids: np.ndarray, n: int) -> np.ndarray:
 
 class StagedRolloutManager:
     def __init__(self, inner, stages: Sequence[Stage], n: int, correct_threshold: float,
-                 before_rollout: Optional[Callable[[], None]] = None):
+                 before_rollout: Optional[Callable[[], None]] = None, prefixer=None,
+                 default_agent: Optional[str] = None):
         self.inner = inner
         self.stages = tuple(stages)
         self.n = int(n)
@@ -55,6 +70,19 @@ class StagedRolloutManager:
         self.before_rollout = before_rollout
         self.last_plan: Optional[StagePlan] = None
         self.last_padding_rows = 0
+        self.prefixer = prefixer  # verl_ext.hpt.prefix.DemonstrationPrefixer (needed by prefix stages)
+        self.default_agent = default_agent  # verl's agent.default_agent_loop (None: read from the inner config)
+        self.has_prefix = any(s.action == PREFIX_ACTION for s in self.stages)
+        if self.has_prefix and prefixer is None:
+            raise ValueError("hpt.stages has a continue_with_prefix stage but no demonstration prefixer was given")
+
+    def _default_agent(self) -> str:
+        if self.default_agent is None:
+            try:
+                self.default_agent = str(self.inner.config.actor_rollout_ref.rollout.agent.default_agent_loop)
+            except AttributeError:
+                self.default_agent = "single_turn_agent"
+        return self.default_agent
 
     def __getattr__(self, name):  # everything else is verl's manager's
         return getattr(self.inner, name)
@@ -73,14 +101,22 @@ class StagedRolloutManager:
         groups = question_rows(prompts.non_tensor_batch["uid"], self.n)  # (Q, n)
         offsets = np.cumsum([0] + [s.rollouts for s in self.stages])
         drawn_rows: list[np.ndarray] = []
+        prefix_lens: list[np.ndarray] = []  # per stage: (m*k,) prefix tokens of each drawn row
         outputs: list[DataProto] = []
         timing: dict[str, float] = {}
         self.last_padding_rows = 0
 
-        def draw(s: int, questions: np.ndarray, k: int) -> np.ndarray:
+        def draw(s: int, questions: np.ndarray, k: int, prefix: np.ndarray) -> np.ndarray:
             rows = groups[questions, offsets[s]:offsets[s] + k].reshape(-1)  # (m*k,)
-            request, pad = pad_dataproto_to_divisor(prompts.select_idxs(rows), self._workers())
+            request = prompts.select_idxs(rows)
+            lens = np.zeros(rows.size, dtype=np.int64)
+            if self.has_prefix:
+                lens = self._attach_prefixes(request, rows, np.repeat(np.asarray(prefix, dtype=np.float64), k))
+            request, pad = pad_dataproto_to_divisor(request, self._workers())
             out = unpad_dataproto(self.inner.generate_sequences(request), pad)
+            for key in (PREFIX_IDS_KEY, PREFIX_LEN_KEY):
+                out.non_tensor_batch.pop(key, None)
+            prefix_lens.append(lens)
             self.last_padding_rows += pad
             if "rm_scores" not in out.batch.keys():
                 raise RuntimeError("staged generation needs each rollout's score from the agent loop (rm_scores) to "
@@ -96,6 +132,7 @@ class StagedRolloutManager:
         plan = run_stages(self.stages, groups.shape[0], draw)
         self.last_plan = plan
         drawn = np.concatenate(drawn_rows)  # (D,) positions in the full batch
+        _align_non_tensor_keys(outputs)
         cat = DataProto.concat(outputs) if len(outputs) > 1 else outputs[0]
         position = np.full(total, -1, dtype=np.int64)
         position[drawn] = np.arange(drawn.size)
@@ -109,8 +146,42 @@ class StagedRolloutManager:
         full.batch["rm_scores"][~sampled] = 0.0
         full.non_tensor_batch[SAMPLED_KEY] = sampled
         full.non_tensor_batch[STOPPED_KEY] = plan.stopped[question]
+        if self.has_prefix:
+            width = full.batch["responses"].shape[1]
+            lens = np.zeros(total, dtype=np.int64)
+            lens[drawn] = np.concatenate(prefix_lens)
+            full.batch[HPT_PREFIX_MASK] = (torch.arange(width)[None, :] < torch.as_tensor(lens)[:, None]).float()
         full.meta_info["timing"] = timing
         return full
+
+
+    def _attach_prefixes(self, request: DataProto, rows: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+        """Give ``request``'s rows with a prefix fraction > 0 the prefix agent loop and their prefix ids
+        (in place); the others verl's default agent. Returns (len(request),) prefix lengths (0: plain)."""
+        lens = np.zeros(len(request), dtype=np.int64)
+        ids = np.empty(len(request), dtype=object)
+        ids[:] = [None] * len(request)
+        agents = np.array([self._default_agent()] * len(request), dtype=object)
+        want = np.flatnonzero(fractions > 0)
+        if want.size:
+            prefixes = self.prefixer.prefix_ids(request, want, fractions[want])
+            for j, pre in zip(want, prefixes):
+                if pre:  # None: no usable demonstration, drawn plainly
+                    ids[j], lens[j], agents[j] = list(pre), len(pre), PREFIX_AGENT
+        request.non_tensor_batch["agent_name"] = agents
+        request.non_tensor_batch[PREFIX_IDS_KEY] = ids
+        return lens
+
+
+def _align_non_tensor_keys(outputs: list) -> None:
+    """Stages' outputs with the same non-tensor keys (``DataProto.concat`` needs them): a key some
+    stage's answer lacks (e.g. an extra field only one agent loop returns) is filled with None there."""
+    keys = set().union(*(o.non_tensor_batch.keys() for o in outputs))
+    for o in outputs:
+        for key in keys - set(o.non_tensor_batch):
+            filler = np.empty(len(o), dtype=object)
+            filler[:] = [None] * len(o)
+            o.non_tensor_batch[key] = filler
 
 
 def drop_placeholders(batch: DataProto) -> tuple[DataProto, Optional[np.ndarray]]:

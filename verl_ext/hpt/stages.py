@@ -17,15 +17,27 @@ stage's ``action`` applies, otherwise the stage's rows are drawn plainly:
 - ``stop_to_sft``: this stage's and every later stage's rows are not drawn; the question goes to
   SFT (α = 0, β = 1), whatever the gate would say on the rows drawn so far.
 - ``continue``: the rows are drawn plainly (a stage that only documents a threshold).
+- ``continue_with_prefix`` (with ``prefix: f``, 0 < f ≤ 1): the question's rows in this stage continue
+  the first part of its demonstration instead of starting from the prompt alone: the response is
+  the demonstration prefix (cut by :func:`verl_ext.hpt.prefix.prefix_cut_length`) followed by what
+  the policy generates after it; f = 1 is the whole demonstration + EOS, nothing generated. The
+  reward is computed on prefix + continuation. The rows are drawn by the ``hpt_prefix_agent`` agent
+  loop (:mod:`verl_ext.rollout.prefix_agent_loop`) and carry ``hpt_prefix_mask`` (1 on prefix tokens).
 
 Rows never drawn stay in ``fit``'s batch as *placeholders* (verl's ``fit`` unions B·n generated rows
 with B·n prompt rows): copies of a drawn row of the same question, flagged ``hpt_sampled = False``.
 The trainer drops them before the gate (:func:`drop_placeholders`), so they reach neither the gate's
 pass rate nor any loss. A question's pass rate is then over the rows actually drawn.
 
-TRAPO's stages (arXiv 2512.17636: 4, 2, 1, 1 rows with C ≤ 1, ≤ 3, ≤ 6, the later rows continuing a
-demonstration prefix) need a third action, ``continue_with_prefix``: not implemented yet, refused with
-that reason.
+TRAPO's stages (arXiv 2512.17636)::
+
+    hpt.stages:
+      - {rollouts: 4}
+      - {rollouts: 2, max_correct: 1, action: continue_with_prefix, prefix: 0.25}
+      - {rollouts: 1, max_correct: 3, action: continue_with_prefix, prefix: 0.5}
+      - {rollouts: 1, max_correct: 6, action: continue_with_prefix, prefix: 1.0}
+
+The correct count C includes the prefix rows' own rewards (as TRAPO's trainer counts them).
 """
 
 from __future__ import annotations
@@ -35,8 +47,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-ACTIONS = ("stop_to_sft", "continue")
-PLANNED_ACTIONS = ("continue_with_prefix",)
+ACTIONS = ("stop_to_sft", "continue", "continue_with_prefix")
+PREFIX_ACTION = "continue_with_prefix"
 # Non-tensor keys the staged rollout adds to every generated row (popped by drop_placeholders).
 SAMPLED_KEY = "hpt_sampled"  # bool: drawn by the policy (False: a placeholder, never drawn)
 STOPPED_KEY = "hpt_stopped"  # bool: the row's question stopped early and goes to SFT
@@ -53,6 +65,7 @@ class Stage:
     rollouts: int
     max_correct: Optional[int] = None
     action: str = "continue"
+    prefix: Optional[float] = None  # continue_with_prefix: the demonstration fraction in (0, 1]
 
     def applies(self, correct_so_far: np.ndarray) -> np.ndarray:
         """(Q,) bool: the questions for which this stage's action applies."""
@@ -83,18 +96,15 @@ def load_stages(node: Optional[Sequence], n: int, path: str = "hpt.stages") -> O
         if not hasattr(raw, "keys"):
             raise StagesConfigError(f"{key} must be a mapping with rollouts / max_correct / action, got {raw!r}")
         raw = dict(raw)
-        unknown = sorted(set(raw) - {"rollouts", "max_correct", "action"})
+        unknown = sorted(set(raw) - {"rollouts", "max_correct", "action", "prefix"})
         if unknown:
-            raise StagesConfigError(f"{key}: unknown key(s) {unknown}; a stage has rollouts, max_correct, action")
+            raise StagesConfigError(
+                f"{key}: unknown key(s) {unknown}; a stage has rollouts, max_correct, action, prefix")
         if "rollouts" not in raw:
             raise StagesConfigError(f"{key}.rollouts is not set")
         rollouts = _int(raw["rollouts"], f"{key}.rollouts", 1)
         max_correct = raw.get("max_correct")
         action = raw.get("action", "continue")
-        if action in PLANNED_ACTIONS:
-            raise StagesConfigError(
-                f"{key}.action={action!r} (TRAPO's demonstration-prefix rows) is not implemented yet; "
-                f"available: {list(ACTIONS)}")
         if action not in ACTIONS:
             raise StagesConfigError(f"{key}.action={action!r} must be one of {list(ACTIONS)}")
         if max_correct is not None:
@@ -103,7 +113,19 @@ def load_stages(node: Optional[Sequence], n: int, path: str = "hpt.stages") -> O
             raise StagesConfigError(f"{key}.max_correct: the first stage has no results to condition on")
         if max_correct is None and action != "continue":
             raise StagesConfigError(f"{key}.action={action!r} needs {key}.max_correct (the condition)")
-        stages.append(Stage(rollouts, max_correct, action))
+        prefix = raw.get("prefix")
+        if action == PREFIX_ACTION:
+            if prefix is None:
+                raise StagesConfigError(f"{key}.prefix is not set: action={PREFIX_ACTION!r} needs the "
+                                        "demonstration fraction in (0, 1] its rows continue")
+            if isinstance(prefix, bool) or not isinstance(prefix, (int, float, np.integer, np.floating)) \
+                    or not 0.0 < float(prefix) <= 1.0:
+                raise StagesConfigError(f"{key}.prefix={prefix!r} must be a number in (0, 1]")
+            prefix = float(prefix)
+        elif prefix is not None:
+            raise StagesConfigError(f"{key}.prefix={prefix!r} is only read with action={PREFIX_ACTION!r} "
+                                    f"(this stage's action is {action!r})")
+        stages.append(Stage(rollouts, max_correct, action, prefix))
     total = sum(s.rollouts for s in stages)
     if total != n:
         raise StagesConfigError(
@@ -120,31 +142,37 @@ class StagePlan:
     correct: np.ndarray  # (Q,) int: correct rows among them
     stopped: np.ndarray  # (Q,) bool: stopped early, goes to SFT
     stage_rows: list  # per stage: (Q,) int rows drawn in that stage
+    stage_prefix: list = None  # per stage: (Q,) float, the prefix fraction of the question's rows (0: plain)
 
 
 def run_stages(stages: Sequence[Stage], num_questions: int, draw) -> StagePlan:
-    """Drive the stages. ``draw(stage_index, questions, k)`` draws k rows for each of ``questions``
-    ((m,) int) and returns (m, k) bool: which of them are correct. Pure apart from ``draw``."""
+    """Drive the stages. ``draw(stage_index, questions, k, prefix)`` draws k rows for each of
+    ``questions`` ((m,) int), continuing a demonstration prefix of fraction ``prefix[j]`` ((m,)
+    float; 0: a plain rollout) for question j, and returns (m, k) bool: which of them are correct.
+    Pure apart from ``draw``."""
     q = num_questions
     correct = np.zeros(q, dtype=np.int64)
     drawn = np.zeros(q, dtype=np.int64)
     stopped = np.zeros(q, dtype=bool)
-    stage_rows = []
+    stage_rows, stage_prefix = [], []
     for s, stage in enumerate(stages):
         applies = stage.applies(correct) & ~stopped
         if stage.action == "stop_to_sft":
             stopped |= applies
         todo = np.flatnonzero(~stopped)
         rows = np.zeros(q, dtype=np.int64)
+        prefix = np.where(applies, stage.prefix, 0.0) if stage.action == PREFIX_ACTION else np.zeros(q)
         if todo.size:
-            ok = np.asarray(draw(s, todo, stage.rollouts), dtype=bool)  # (m, k)
+            ok = np.asarray(draw(s, todo, stage.rollouts, prefix[todo]), dtype=bool)  # (m, k)
             if ok.shape != (todo.size, stage.rollouts):
                 raise RuntimeError(f"stage {s}: draw returned shape {ok.shape}, expected {(todo.size, stage.rollouts)}")
             correct[todo] += ok.sum(axis=1)
             drawn[todo] += stage.rollouts
             rows[todo] = stage.rollouts
         stage_rows.append(rows)
-    return StagePlan(drawn=drawn, correct=correct, stopped=stopped, stage_rows=stage_rows)
+        stage_prefix.append(np.where(rows > 0, prefix, 0.0))
+    return StagePlan(drawn=drawn, correct=correct, stopped=stopped, stage_rows=stage_rows,
+                     stage_prefix=stage_prefix)
 
 
 def generation_accounting(response_tokens: np.ndarray, sampled: np.ndarray, question_of_row: np.ndarray,
