@@ -202,11 +202,12 @@ def dynamics(rows: list[dict], offset: int = 0, n: int = 1, max_len: int = 48) -
         rl_rows, demo_rows = r.get("hpt/rows/rollout", 0), r.get("hpt/rows/demo", 0)
         rl_len, demo_len = r.get("hpt/response_length/rl", 0.0), r.get("hpt/response_length/demo", 0.0)
         trained_tokens += rl_rows * rl_len + demo_rows * demo_len
-        if generated:
-            # generated = every question's n rollouts (gated ones included) at the RL rows' mean length
-            # of this step; a step whose questions were all gated (no RL row kept) uses the run's mean
-            # RL length, or the response cap if no step kept one (an estimate: the trainer logs no
-            # generated-token count)
+        if "hpt/gen/tokens" in r:
+            gen_tokens += float(r["hpt/gen/tokens"])  # the trainer's count (staged runs: rows drawn only)
+        elif generated:
+            # runs from before the trainer logged hpt/gen/tokens: every question's n rollouts (gated ones
+            # included) at the RL rows' mean length of this step; a step whose questions were all gated
+            # (no RL row kept) uses the run's mean RL length, or the response cap if no step kept one
             est_len = rl_len if rl_rows else (sum(known) / len(known) if known else float(max_len))
             gen_tokens += r.get("hpt/questions", 0) * n * est_len
         gen_s += float(r.get("timing_s/gen", 0.0) or 0.0)
