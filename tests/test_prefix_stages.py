@@ -332,3 +332,18 @@ def test_prefix_agent_is_registered_in_a_fresh_verl_import():
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().endswith("verl_ext.rollout.prefix_agent_loop.PrefixAgentLoop")
+
+
+def test_manager_refuses_a_response_that_lost_its_prefix():
+    class Dropping(PrefixRollout):
+        def generate_sequences(self, prompts):
+            out = super().generate_sequences(prompts)
+            out.batch["responses"][:, 0] = 1  # a boundary edit: the prefix no longer starts the response
+            return out
+
+    stages = load_stages([{"rollouts": 2}, {"rollouts": 2, "max_correct": 0, "action": "continue_with_prefix",
+                                            "prefix": 0.5}], n=4)
+    mgr = StagedRolloutManager(Dropping(good=set()), stages, n=4, correct_threshold=1.0, prefixer=FixedPrefixer(),
+                               default_agent="single_turn_agent")
+    with pytest.raises(RuntimeError, match="does not start with its demonstration prefix"):
+        mgr.generate_sequences(_prompts(1, 4))

@@ -112,10 +112,13 @@ class StagedRolloutManager:
             lens = np.zeros(rows.size, dtype=np.int64)
             if self.has_prefix:
                 lens = self._attach_prefixes(request, rows, np.repeat(np.asarray(prefix, dtype=np.float64), k))
+                sent = request.non_tensor_batch[PREFIX_IDS_KEY]
             request, pad = pad_dataproto_to_divisor(request, self._workers())
             out = unpad_dataproto(self.inner.generate_sequences(request), pad)
             for key in (PREFIX_IDS_KEY, PREFIX_LEN_KEY):
                 out.non_tensor_batch.pop(key, None)
+            if lens.any():
+                _check_prefixes(out.batch["responses"], sent, lens)
             prefix_lens.append(lens)
             self.last_padding_rows += pad
             if "rm_scores" not in out.batch.keys():
@@ -171,6 +174,20 @@ class StagedRolloutManager:
         request.non_tensor_batch["agent_name"] = agents
         request.non_tensor_batch[PREFIX_IDS_KEY] = ids
         return lens
+
+
+def _check_prefixes(responses: torch.Tensor, sent: np.ndarray, lens: np.ndarray) -> None:
+    """Every prefix row's response starts with the prefix it was sent (the agent loop's contract; a
+    tokenizer-specific merge that edited the boundary would break the hpt_prefix_mask)."""
+    width = responses.shape[1]
+    for j in np.flatnonzero(lens):
+        want = list(sent[j])[:width]
+        got = responses[j, :len(want)].tolist()
+        if got != want:
+            raise RuntimeError(f"staged generation: prefix row {j}'s response does not start with its demonstration "
+                               f"prefix ({len(want)} tokens; first mismatch at token "
+                               f"{next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)})")
+        lens[j] = len(want)
 
 
 def _align_non_tensor_keys(outputs: list) -> None:
