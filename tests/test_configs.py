@@ -111,6 +111,14 @@ EXPECTED = {
              "algorithm.norm_adv_by_std_in_grpo": True, "data.train_batch_size": 16,
              "actor_rollout_ref.actor.ppo_mini_batch_size": 16, "actor_rollout_ref.actor.optim.lr": 5e-7,
              "actor_rollout_ref.actor.entropy_coeff": 0.01},
+    "trapo": {"hpt.gate.strategy": "never", "hpt.loss.demo.ref": "self_floor", "hpt.loss.demo.ref_floor": 0.1,
+              "hpt.loss.rollout.agg": "const-len", "hpt.stages": [
+                  {"rollouts": 4},
+                  {"rollouts": 2, "max_correct": 1, "action": "continue_with_prefix", "prefix": 0.25},
+                  {"rollouts": 1, "max_correct": 3, "action": "continue_with_prefix", "prefix": 0.5},
+                  {"rollouts": 1, "max_correct": 6, "action": "continue_with_prefix", "prefix": 1.0}],
+              "algorithm.norm_adv_by_std_in_grpo": False, "data.train_batch_size": 8,
+              "actor_rollout_ref.actor.ppo_mini_batch_size": 8, "actor_rollout_ref.actor.optim.lr": 1e-6},
     "table5_sft_on": QWEN1_5B,
     # Table 5: one loss (SFT demo arm at 0.3 + off-policy demo_off arm), rows chosen by hpt.gate.demo_arms
     "table5_off_on": {**QWEN1_5B, **OFF_ARM, **TABLE5_GATE, "hpt.gate.demo_arms": ["demo_off"],
@@ -146,6 +154,7 @@ RELEASE_GPU_EXCEPT = {  # keys a run file changes on purpose (checked in EXPECTE
     "rasft": {"actor_rollout_ref.actor.entropy_coeff", "actor_rollout_ref.actor.optim.weight_decay"},
     "dypo": {"actor_rollout_ref.actor.entropy_coeff", "data.train_batch_size",
              "actor_rollout_ref.actor.ppo_mini_batch_size"},
+    "trapo": {"data.train_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size"},
 }
 
 
@@ -544,3 +553,11 @@ def test_paper_runs_warn_that_the_release_loss_depends_on_packing_and_the_defaul
     assert len(warnings) == 1 and "hpt.loss.demo" in warnings[0] and "upge=hpt" in warnings[0]
     default = compose_exp("hpt_qwen7b", ["upge=hpt"])
     assert default.actor_rollout_ref.actor.use_dynamic_bsz and settings_warnings(default) == []
+
+
+def test_trapo_reads_demonstrations_although_its_gate_never_routes_to_sft():
+    """The start-up data check checks demonstrations when a stage continues a demonstration prefix."""
+    trapo = HPTConfig.from_config(compose_exp("trapo"))
+    assert trapo.gate.strategy == "never" and not trapo.gate.can_choose_sft() and trapo.needs_demonstrations
+    grpo = HPTConfig.from_config(compose_exp("baseline_grpo"))
+    assert not grpo.needs_demonstrations

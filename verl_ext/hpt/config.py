@@ -156,6 +156,12 @@ class HPTConfig:
     loss: UPGELossConfig
     stages: Optional[tuple[Stage, ...]]  # None: all n rollouts at once (verl_ext/hpt/stages.py)
 
+    @property
+    def needs_demonstrations(self) -> bool:
+        """Whether training reads demonstrations: the gate can route a question to SFT, or a stage
+        continues a demonstration prefix (the start-up data check then checks them)."""
+        return self.gate.can_choose_sft() or any(s.prefix is not None for s in self.stages or ())
+
     @classmethod
     def from_config(cls, config) -> "HPTConfig":
         """The ``hpt`` node of a composed run config, checked against itself and against

@@ -146,7 +146,7 @@ def validate_data(config, tokenizer, reward=None) -> DataReport:
         apply_chat_template_kwargs=dict(to_plain(data.get("apply_chat_template_kwargs", None)) or {}),
     )
     train_checks = RowChecks(
-        check_demo=gate.can_choose_sft(),
+        check_demo=hpt.needs_demonstrations,
         max_demo_tokens=int(config.actor_rollout_ref.rollout.response_length),
         demo_check_rows=opts.demo_check_rows,
         demo_check_min_rate=float(opts.demo_check_min_rate),
