@@ -259,6 +259,17 @@ def test_demonstration_prefixer_lays_the_demo_out_as_a_demonstration_row():
     assert pre.prefix_ids(batch, [0], [0.25]) == [demo[:1]]
     batch.non_tensor_batch["extra_info"][0] = {"index": 3}
     assert pre.prefix_ids(batch, [0], [0.5]) == [None]
+    # verl 0.9's generation batch has no prompt tensors: the prompt is the chat template on raw_prompt
+    tok.apply_chat_template = lambda messages, add_generation_prompt, tokenize, **kw: (
+        [ord(c) for c in messages[0]["content"] + kw.get("tail", "")])
+    pre = DemonstrationPrefixer(tok, response_length=64, demo_field="target",
+                                chat_template_kwargs={"tail": "<think>\n"})
+    raw = np.empty(1, dtype=object)
+    raw[0] = [{"role": "user", "content": "Q?"}]
+    bare = DataProto.from_dict(non_tensors={"uid": np.array(["a"], dtype=object), "raw_prompt": raw,
+                                            "extra_info": np.array([{"target": "<think>\nab\n\ncd"}], dtype=object)})
+    assert pre.prompt_ids(bare, [0]) == [prompt]
+    assert pre.prefix_ids(bare, [0], [1.0]) == [demo]
 
 
 # ------------------------------------------------------------------ the agent loop

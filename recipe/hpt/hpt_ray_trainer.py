@@ -622,7 +622,8 @@ class RayHPTTrainer(RayPPOTrainer):
 
             rollout = self.config.actor_rollout_ref.rollout
             prefixer = DemonstrationPrefixer(self.tokenizer, int(rollout.response_length), self.demo_field,
-                                             demo_choice=self.demo_choice, seed=self.demo_seed)
+                                             demo_choice=self.demo_choice, seed=self.demo_seed,
+                                             chat_template_kwargs=self.config.data.get("apply_chat_template_kwargs"))
             self.async_rollout_manager = StagedRolloutManager(
                 self.async_rollout_manager, self.stages, n=int(rollout.n),
                 correct_threshold=self.gate_config.correct_threshold, prefixer=prefixer,

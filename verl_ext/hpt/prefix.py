@@ -63,8 +63,9 @@ def prefix_cut_length(ids: Sequence[int], tokenizer, fraction: float) -> int:
 
 
 class DemonstrationPrefixer:
-    """Prefix token ids for rows of a prompt batch (``fit``'s generation batch: ``input_ids`` /
-    ``attention_mask`` left-padded prompts, ``extra_info`` per row).
+    """Prefix token ids for rows of a prompt batch (``fit``'s generation batch: ``raw_prompt`` and
+    ``extra_info`` per row; verl 0.9's agent loop builds the prompt from ``raw_prompt`` with the chat
+    template, as done here, or left-padded ``input_ids``/``attention_mask`` when the batch has them).
 
     The demonstration is the row's ``extra_info[demo_field]``; of a list, ``demo_choice`` picks one
     (``all`` uses the first), with the run's seed and the step in ``meta_info["global_steps"]``, as
@@ -73,8 +74,9 @@ class DemonstrationPrefixer:
     """
 
     def __init__(self, tokenizer, response_length: int, demo_field: str, demo_choice: str = "first",
-                 seed: int = 0):
+                 seed: int = 0, chat_template_kwargs: Optional[dict] = None):
         self.tokenizer = tokenizer
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})  # data.apply_chat_template_kwargs
         self.response_length = int(response_length)
         self.demo_field = demo_field
         self.demo_choice = "first" if demo_choice == "all" else demo_choice
@@ -85,8 +87,6 @@ class DemonstrationPrefixer:
         nt = prompts.non_tensor_batch
         infos = nt.get("extra_info")
         step = int(prompts.meta_info.get("global_steps", 0) or 0)
-        batch = prompts.batch
-        view = DataProto.from_dict(tensors={"prompts": batch["input_ids"], "attention_mask": batch["attention_mask"]})
         out: list[Optional[list[int]]] = [None] * len(rows)
         usable, texts = [], []
         for j, r in enumerate(rows):
@@ -100,10 +100,27 @@ class DemonstrationPrefixer:
             usable.append(j)
             texts.append(picked[0])
         if usable:
-            prompt_ids = prompt_token_ids(view, [int(rows[j]) for j in usable])
+            prompt_ids = self.prompt_ids(prompts, [int(rows[j]) for j in usable])
             ids, _ = encode_demonstrations(self.tokenizer, texts, self.response_length, prompt_ids=prompt_ids)
             for j, seq in zip(usable, ids):
                 out[j] = list(seq)
+        return out
+
+    def prompt_ids(self, prompts: DataProto, rows: Sequence[int]) -> list[list[int]]:
+        """The prompt tokens of ``rows``, as the agent loop builds them (the chat template applied to
+        ``raw_prompt`` with ``add_generation_prompt=True``), or from the batch's left-padded tensors."""
+        batch = prompts.batch
+        if batch is not None and "input_ids" in batch.keys() and "attention_mask" in batch.keys():
+            view = DataProto.from_dict(tensors={"prompts": batch["input_ids"],
+                                                "attention_mask": batch["attention_mask"]})
+            return prompt_token_ids(view, rows)
+        raw = prompts.non_tensor_batch["raw_prompt"]
+        out = []
+        for r in rows:
+            ids = self.tokenizer.apply_chat_template(list(raw[int(r)]), add_generation_prompt=True, tokenize=True,
+                                                     **self.chat_template_kwargs)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            out.append([int(t) for t in ids])
         return out
 
     def prefix_ids(self, prompts: DataProto, rows: Sequence[int], fractions: Sequence[float]) -> list:
