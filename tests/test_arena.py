@@ -137,13 +137,15 @@ def test_scale_dry_run_validates_every_command(scale, tmp_path):
                            "--seeds", "0", "--lrs", "1e-6"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cmds = [ln for ln in proc.stdout.splitlines() if ln.startswith("python -m recipe.hpt.main_hpt")]
-    # 11 trained methods, SFT->GRPO in two stages
-    assert len(cmds) == 12 and "# 12 commands, each composed and validated" in proc.stdout
-    assert proc.stdout.count("All configuration checks passed") >= 12
+    # 12 trained methods, SFT->GRPO in two stages
+    assert len(cmds) == 13 and "# 13 commands, each composed and validated" in proc.stdout
+    assert proc.stdout.count("All configuration checks passed") >= 13
     # the GPU scale's staged HPT draws 4 + 4 of its 8 rollouts (the CPU arena: 2 + 2 of 4)
     staged = [c for c in cmds if "HPT_staged" in c][0]
     assert "hpt.stages=[{rollouts:4},{rollouts:4,max_correct:0,action:stop_to_sft}]" in staged
     assert sum("upge=dypo" in c for c in cmds) == 1 and sum("hpt.gate.soft_fn=rasft" in c for c in cmds) == 1
+    trapo = [c for c in cmds if "upge=trapo" in c][0]
+    assert "{rollouts:4},{rollouts:2,max_correct:1,action:continue_with_prefix,prefix:0.25}" in trapo
     assert sum("upge=sft" in c for c in cmds) == 2 and sum("upge=luffy" in c for c in cmds) == 1
     stage2 = [c for c in cmds if "SFT_to_GRPO" in c and "_stage1" in c][0]
     assert "actor_rollout_ref.model.path=" in stage2 and "_stage0/global_step_250/actor/huggingface" in stage2
