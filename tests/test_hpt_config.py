@@ -150,3 +150,21 @@ def test_stages_are_refused_with_a_soft_table_and_with_the_sft_only_baseline(def
     cfg.hpt.gate.strategy = "always"
     with pytest.raises(HPTConfigError, match=r"hpt\.stages is set but hpt\.gate\.strategy=always"):
         HPTConfig.from_config(cfg)
+
+
+def test_stages_that_train_demonstrations_need_a_demo_arm_and_demonstrations(default_config):
+    from omegaconf import OmegaConf
+
+    from verl_ext.hpt.config import HPTConfigError
+
+    cfg = OmegaConf.create(OmegaConf.to_container(default_config))
+    cfg.actor_rollout_ref.rollout.n = 4
+    cfg.hpt.gate.strategy = "never"
+    cfg.hpt.stages = [{"rollouts": 2}, {"rollouts": 2, "max_correct": 0, "action": "stop_to_sft"}]
+    hpt = HPTConfig.from_config(cfg)
+    assert not hpt.gate.can_choose_sft() and hpt.needs_demonstrations  # stopped questions go to SFT
+    cfg.hpt.loss.demo = None
+    with pytest.raises(HPTConfigError, match=r"hpt\.loss\.demo is null"):
+        HPTConfig.from_config(cfg)
+    cfg.hpt.stages = [{"rollouts": 2}, {"rollouts": 2, "max_correct": 0, "action": "continue"}]
+    assert not HPTConfig.from_config(cfg).needs_demonstrations

@@ -715,6 +715,18 @@ def test_generation_accounting_counts_sampled_tokens_and_nothing_for_the_sft_onl
     t._record_generation(metrics, batch, stats, alpha=np.array([0.0, 1.0]))
     assert metrics["hpt/gen/tokens"] == tokens and metrics["hpt/gen/tokens_wasted"] == q0_tokens
     assert t.hpt_state["gen_tokens"] == tokens
+    # prefix rows (staged continue_with_prefix): their demonstration tokens were copied, not generated
+    from verl_ext.loss.batch_keys import HPT_PREFIX_MASK
+
+    prefix = torch.zeros_like(batch.batch["response_mask"], dtype=torch.float32)
+    row = int(stats.rows[1][0])
+    prefix[row, :2] = batch.batch["response_mask"][row, :2].float()
+    batch.batch[HPT_PREFIX_MASK] = prefix
+    metrics = {}
+    t._record_generation(metrics, batch, stats, alpha=np.array([0.0, 1.0]))
+    assert metrics["hpt/gen/tokens"] == tokens - float(prefix.sum()) and float(prefix.sum()) == 2.0
+    assert metrics["hpt/stages/prefix_rows"] == 1 and metrics["hpt/stages/prefix_tokens"] == 2.0
+    batch.batch.pop(HPT_PREFIX_MASK)
     sft_only = _bare_trainer(char_tok, gate=GateConfig(strategy="always"))
     metrics = {}
     sft_only._record_generation(metrics, batch, stats, alpha=np.array([0.0, 0.0]))

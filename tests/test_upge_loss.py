@@ -1076,6 +1076,13 @@ def test_prefix_tokens_of_rollout_rows_train_the_demo_arm_for_any_split():
     prefix &= m
     assert prefix[0].sum() > 0 and (m[0] & ~prefix[0]).sum() > 0  # row 0 has both kinds of tokens
     batch.prefix_mask = prefix.to(DT)
+    # the per-arm totals count row 0 in both arms (tokens in each), the live-row total once
+    from verl_ext.loss.batch_keys import ALL_TOTAL_KEYS, LIVE_SEQS_TOTAL_KEY
+
+    td = batch.tensordict()
+    arm_seqs = sum(int(td[k][0]) for k in ALL_TOTAL_KEYS if k.endswith("_seqs_total"))
+    assert int(td[LIVE_SEQS_TOTAL_KEY][0]) == 8 and arm_seqs == 10
+    assert LIVE_SEQS_TOTAL_KEY not in Batch(8, seed=43, demo=[6, 7]).tensordict().keys()
     upge = preset("hpt")
     fn = upge_loss_fn(upge)
     loss, _ = run_loss(batch, fn, batch.tensordict(), one_micro(batch))
@@ -1099,3 +1106,11 @@ def test_prefix_tokens_of_rollout_rows_train_the_demo_arm_for_any_split():
     loss_2, _ = run_loss(batch, fn, batch.tensordict(mini_batch_size=8, dp_size=2), [[[0, 1], [2, 3]], [[4, 5, 6, 7]]],
                          dp_size=2, n_ranks=2)
     assert_grad_close(grad(loss, batch) / 2, grad(loss_2, batch))
+    # a seq-mean entropy bonus divides by the live rows (8), not by the arms' sequences (10)
+    kw = dict(entropy_coeff=0.1, loss_agg_mode="seq-mean-token-mean")
+    loss_e, _ = run_loss(batch, upge_loss_fn(upge, **kw), batch.tensordict(), one_micro(batch), with_entropy=True)
+    loss_0, _ = run_loss(batch, fn, batch.tensordict(), one_micro(batch), with_entropy=True)
+    h = batch.response_entropy()
+    mf = m.to(DT)
+    bonus = -0.1 * ((h * mf).sum(-1) / mf.sum(-1)).sum() / 8
+    torch.testing.assert_close((loss_e - loss_0).detach(), bonus.detach(), rtol=1e-10, atol=1e-12)

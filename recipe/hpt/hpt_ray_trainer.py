@@ -386,16 +386,17 @@ class RayHPTTrainer(RayPPOTrainer):
         sampled = np.asarray(nt[SAMPLED_KEY], dtype=bool) if SAMPLED_KEY in nt else np.ones(n_rows, dtype=bool)
         index = {u: q for q, u in enumerate(stats.uids)}
         question = np.asarray([index[u] for u in nt["uid"]], dtype=np.int64)
-        tokens = batch.batch["response_mask"].sum(-1).numpy()
+        tokens = batch.batch["response_mask"].sum(-1).numpy()  # (N,)
         if not self.gate_config.needs_rollouts:
             tokens = np.zeros_like(tokens)  # the SFT-only baseline's rows are demonstrations: nothing generated
+        if HPT_PREFIX_MASK in batch.batch.keys():  # staged continue_with_prefix rows (drawn rows only)
+            prefix = batch.batch[HPT_PREFIX_MASK].float().sum(-1).numpy()  # (N,) copied, not generated
+            tokens = tokens - prefix.astype(tokens.dtype)
+            metrics["hpt/stages/prefix_rows"] = int(((prefix * sampled) > 0).sum())
+            metrics["hpt/stages/prefix_tokens"] = float((prefix * sampled).sum())
         acc = generation_accounting(tokens, sampled, question, trained_rl=np.asarray(alpha) > 0)
         for key, value in acc.items():
             metrics[f"hpt/gen/{key}"] = value
-        if HPT_PREFIX_MASK in batch.batch.keys():  # staged continue_with_prefix rows (drawn rows only)
-            prefix = batch.batch[HPT_PREFIX_MASK].float().sum(-1).numpy() * sampled
-            metrics["hpt/stages/prefix_rows"] = int((prefix > 0).sum())
-            metrics["hpt/stages/prefix_tokens"] = float(prefix.sum())
         st = self.hpt_state
         for key in ("tokens", "tokens_wasted", "tokens_saved_est", "rows_skipped"):
             st[f"gen_{key}"] = st.get(f"gen_{key}", 0) + acc[key]

@@ -160,7 +160,13 @@ class HPTConfig:
     def needs_demonstrations(self) -> bool:
         """Whether training reads demonstrations: the gate can route a question to SFT, or a stage
         continues a demonstration prefix (the start-up data check then checks them)."""
-        return self.gate.can_choose_sft() or any(s.prefix is not None for s in self.stages or ())
+        return self.gate.can_choose_sft() or self.stages_train_demonstrations
+
+    @property
+    def stages_train_demonstrations(self) -> bool:
+        """Whether a stage sends questions to SFT (``stop_to_sft``) or continues a demonstration prefix:
+        either trains demonstration tokens, whatever the gate says."""
+        return any(s.action == "stop_to_sft" or s.prefix is not None for s in self.stages or ())
 
     @classmethod
     def from_config(cls, config) -> "HPTConfig":
@@ -238,6 +244,11 @@ class HPTConfig:
             raise HPTConfigError(
                 f"hpt.stages is set but hpt.gate.strategy={gate.strategy} draws no rollouts during training "
                 f"(the SFT-only baseline): set hpt.stages=null")
-        return cls(demo_field=demo_field, demo_choice=demo_choice, skip_grad_norm_above=threshold,
-                   max_consecutive_skips=skips or None,
-                   data=data, gate=gate, loss=loss, stages=stages)
+        out = cls(demo_field=demo_field, demo_choice=demo_choice, skip_grad_norm_above=threshold,
+                  max_consecutive_skips=skips or None,
+                  data=data, gate=gate, loss=loss, stages=stages)
+        if out.stages_train_demonstrations and loss.demo is None:
+            raise HPTConfigError(
+                "hpt.stages has a stop_to_sft or continue_with_prefix stage, whose demonstration tokens the loss's "
+                "demo arm trains, but hpt.loss.demo is null (e.g. upge=grpo): pick a preset with a demo arm")
+        return out

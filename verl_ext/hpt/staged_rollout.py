@@ -164,7 +164,9 @@ class StagedRolloutManager:
         lens = np.zeros(len(request), dtype=np.int64)
         ids = np.empty(len(request), dtype=object)
         ids[:] = [None] * len(request)
-        agents = np.array([self._default_agent()] * len(request), dtype=object)
+        given = request.non_tensor_batch.get("agent_name")  # a dataset's own per-row agent loops stay
+        agents = (np.array(given, dtype=object) if given is not None
+                  else np.array([self._default_agent()] * len(request), dtype=object))
         want = np.flatnonzero(fractions > 0)
         if want.size:
             prefixes = self.prefixer.prefix_ids(request, want, fractions[want])

@@ -74,6 +74,7 @@ from verl_ext.loss.batch_keys import (
     ARM_TOTAL_KEYS,
     HPT_PREFIX_MASK,
     HPT_ROW_KIND,
+    LIVE_SEQS_TOTAL_KEY,
     HPT_ROW_WEIGHT,
     arm_token_masks,
     row_kinds,
@@ -144,6 +145,8 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
     have_totals = all(k in data.keys() for k in ALL_TOTAL_KEYS)
     if have_totals:
         fields += list(ALL_TOTAL_KEYS)
+        if LIVE_SEQS_TOTAL_KEY in data.keys():
+            fields.append(LIVE_SEQS_TOTAL_KEY)
     td = data.select(*fields).to_padded_tensor()
 
     response_mask = td["response_mask"].to(torch.bool)  # (B, T)
@@ -317,7 +320,10 @@ def _arm_totals(td, upge: UPGELossConfig, have_totals: bool, batch_num_tokens, g
             tok_key, seq_key = ARM_TOTAL_KEYS[name]
             # One value per mini-batch, repeated on each of its rows: any row will do, max() is cheap.
             out[name] = _Totals(int(td[tok_key].max().item()), int(td[seq_key].max().item()))
-        out["all"] = _Totals(sum(out[n].tokens for n in ARM_NAMES), sum(out[n].seqs for n in ARM_NAMES))
+        # A prefix-guided row has tokens in two arms: count its sequence once (LIVE_SEQS_TOTAL_KEY).
+        seqs = (int(td[LIVE_SEQS_TOTAL_KEY].max().item()) if LIVE_SEQS_TOTAL_KEY in td.keys()
+                else sum(out[n].seqs for n in ARM_NAMES))
+        out["all"] = _Totals(sum(out[n].tokens for n in ARM_NAMES), seqs)
         return out
     arms = [n for n in ARM_NAMES if upge.arm(n) is not None]
     if len(arms) > 1:

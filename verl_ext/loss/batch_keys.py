@@ -75,6 +75,9 @@ ARM_TOTAL_KEYS = {
     "demo_off": ("hpt_demo_off_tokens_total", "hpt_demo_off_seqs_total"),
 }
 ALL_TOTAL_KEYS = tuple(key for pair in ARM_TOTAL_KEYS.values() for key in pair)
+# Live rows with a valid token in the global mini-batch. Only written when a row can belong to two arms
+# (hpt_prefix_mask): the arms' sequence counts then add up to more than the rows.
+LIVE_SEQS_TOTAL_KEY = "hpt_live_seqs_total"
 
 
 def row_kinds(kinds: torch.Tensor) -> torch.Tensor:
@@ -185,8 +188,9 @@ def annotate_arm_token_counts(batch, *, mini_batch_size: Optional[int] = None, d
         for name in ARM_TOTAL_KEYS:
             arm_tokens = masks[name].sum(dim=-1).to(torch.int64)
             columns += [arm_tokens, (arm_tokens > 0).to(torch.int64)]
+        columns.append(seqs)  # LIVE_SEQS_TOTAL_KEY
     per_row = torch.stack(columns, dim=1)
-    totals = torch.zeros(num_groups, len(ALL_TOTAL_KEYS), dtype=torch.int64).index_add_(0, groups, per_row)
+    totals = torch.zeros(num_groups, per_row.shape[1], dtype=torch.int64).index_add_(0, groups, per_row)
     if dp_group is not None:
         import torch.distributed as dist
 
@@ -196,6 +200,7 @@ def annotate_arm_token_counts(batch, *, mini_batch_size: Optional[int] = None, d
         totals = reduced.cpu()
     expanded = totals[groups]
     device = response_mask.device
-    for col, key in enumerate(ALL_TOTAL_KEYS):
+    keys = ALL_TOTAL_KEYS + ((LIVE_SEQS_TOTAL_KEY,) if prefix is not None else ())
+    for col, key in enumerate(keys):
         td[key] = expanded[:, col].to(device)
     return batch
