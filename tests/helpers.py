@@ -47,3 +47,20 @@ def default_hpt_node(**overrides) -> dict:
     node = yaml.safe_load(_default_hpt_node())
     node.update(overrides)
     return node
+
+
+def compose_trainer_config(overrides=()):
+    """The trainer config composed as ``python -m recipe.hpt.main_hpt`` composes it (config dir
+    recipe/hpt/config, config hpt_trainer, launched from the repo root for its ``file://configs`` path)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "recipe/hpt/config"), version_base=None):
+            return compose(config_name="hpt_trainer", overrides=list(overrides))
+    finally:
+        os.chdir(cwd)
+        GlobalHydra.instance().clear()

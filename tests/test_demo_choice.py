@@ -141,20 +141,9 @@ def test_the_reward_check_scores_every_listed_demonstration(tmp_path, char_tok):
 @pytest.fixture(scope="module")
 def default_cfg():
     """The default trainer config, composed as ``python -m recipe.hpt.main_hpt`` composes it."""
-    import os
+    from tests.helpers import compose_trainer_config
 
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        with initialize_config_dir(config_dir=str(REPO / "recipe/hpt/config"), version_base=None):
-            return compose(config_name="hpt_trainer")
-    finally:
-        os.chdir(cwd)
-        GlobalHydra.instance().clear()
+    return compose_trainer_config()
 
 
 def test_demo_choice_is_typed_with_its_one_default_in_the_yaml(default_cfg):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import REPO
 from verl_ext.hpt.config import DataOptions, HPTConfig, HPTConfigError, yaml_defaults
 from verl_ext.hpt.gate import GateConfig
 from verl_ext.loss.config import UPGELossConfig, load_upge_config
@@ -19,18 +17,9 @@ from verl_ext.loss.config import UPGELossConfig, load_upge_config
 @pytest.fixture(scope="module")
 def default_config():
     """The default trainer config, composed as ``python -m recipe.hpt.main_hpt`` composes it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from tests.helpers import compose_trainer_config
 
-    GlobalHydra.instance().clear()
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        with initialize_config_dir(config_dir=str(REPO / "recipe/hpt/config"), version_base=None):
-            return compose(config_name="hpt_trainer")
-    finally:
-        os.chdir(cwd)
-        GlobalHydra.instance().clear()
+    return compose_trainer_config()
 
 
 def _with(cfg, **dotted):
