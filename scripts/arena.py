@@ -125,6 +125,8 @@ def prepare(cfg: dict, quick: bool) -> tuple[Path, Path]:
     base = REPO / (b["dir"] + ("-quick" if quick else ""))
     make_base(["--out", str(base), "--test", str(data / "test.parquet"), "--steps", str(steps),
                "--warmup-levels", ",".join(map(str, b["warmup_levels"])),
+               *(["--warmup-weights", ",".join(map(str, b["warmup_weights"]))] if b.get("warmup_weights") else []),
+               *(["--threads", str(b["threads"])] if b.get("threads") else []),
                "--exclude", f"{data / 'val.parquet'},{data / 'test_ood.parquet'}"])
     return data, base
 
@@ -243,12 +245,25 @@ def accuracy(block: dict) -> float:
     return sum(ch == "1" for ch in c) / max(len(c), 1)
 
 
+def base_settings(base: Path) -> dict | None:
+    """The base model's build settings (hpt_base.json), stored in every run so that a rerun never
+    mixes results of two bases."""
+    marker = Path(base) / "hpt_base.json"
+    return json.loads(marker.read_text()).get("settings") if marker.exists() else None
+
+
 def run_one(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, out, quick, work_root) -> dict:
     path = run_path(out, name, lr, seed)
+    setting = {"steps": steps, "questions_per_step": q, "quick": quick, "base_settings": base_settings(base)}
     if path.exists():
-        return json.loads(path.read_text())
+        done = json.loads(path.read_text())
+        differs = {k: (done.get(k), v) for k, v in setting.items() if done.get(k) != v}
+        if differs:
+            raise SystemExit(f"{path} was run under another setting ({differs}; stored, now): move it away "
+                             f"or pass another --out; results of two settings are never mixed")
+        return done
     t0 = time.time()
-    rec = {"method": name, "lr": lr, "seed": seed, "steps": steps, "questions_per_step": q, "quick": quick}
+    rec = {"method": name, "lr": lr, "seed": seed, **setting}
     if methods[name].get("train", True) is False:
         model, stage_recs, dyn = base, [], None
     else:

@@ -207,3 +207,27 @@ def test_quick_arena_end_to_end_and_report_rebuild(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (rebuilt / "table.md").read_text() == table
     assert (rebuilt / "passk.png").exists() and (rebuilt / "dynamics.png").exists()
+
+
+def test_rerun_never_mixes_two_settings(tmp_path):
+    """A finished run JSON is reused only under the same steps, questions per step and base; a
+    result of another setting stops the arena with the file's name instead of being mixed in."""
+    from scripts.arena import run_one, run_path
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "hpt_base.json").write_text(json.dumps({"settings": {"steps": 600, "warmup_weights": [1, 1, 0.1]}}))
+    out = tmp_path / "arena"
+    path = run_path(out, "GRPO", 3e-5, 0)
+    path.parent.mkdir(parents=True)
+    same = {"method": "GRPO", "lr": 3e-5, "seed": 0, "steps": 100, "questions_per_step": 32, "quick": False,
+            "base_settings": {"steps": 600, "warmup_weights": [1, 1, 0.1]}}
+    path.write_text(json.dumps(same))
+    kw = dict(cfg=None, common=[], methods={"GRPO": {}}, name="GRPO", lr=3e-5, seed=0, q=32, data=None,
+              base=base, sets=None, out=out, quick=False, work_root=tmp_path / "work")
+    assert run_one(steps=100, **kw) == same
+    with pytest.raises(SystemExit, match=r"lr3e-05_s0\.json was run under another setting.*steps"):
+        run_one(steps=60, **kw)
+    (base / "hpt_base.json").write_text(json.dumps({"settings": {"steps": 300}}))
+    with pytest.raises(SystemExit, match="base_settings"):
+        run_one(steps=100, **kw)
