@@ -231,3 +231,15 @@ def test_rerun_never_mixes_two_settings(tmp_path):
     (base / "hpt_base.json").write_text(json.dumps({"settings": {"steps": 300}}))
     with pytest.raises(SystemExit, match="base_settings"):
         run_one(steps=100, **kw)
+
+
+def test_probe_chain_check():
+    """The base probe counts a correct answer reached through a false step or another chain."""
+    from scripts.bench.arena_probe import chain_is_wrong
+
+    demo = "9+4=13. 13+5=18. \\boxed{18}"
+    assert not chain_is_wrong(demo, demo)
+    assert chain_is_wrong("9+4=12. 12+5=18. \\boxed{18}", demo)       # 9+4=12 is false
+    assert chain_is_wrong("9+5=14. 14+4=18. \\boxed{18}", demo)       # true steps, another chain
+    assert chain_is_wrong("3*4=13. \\boxed{13}", "3*4=12. \\boxed{12}")
+    assert not chain_is_wrong("3*4=12. 12+1=13. \\boxed{13}", "3*4=12. 12+1=13. \\boxed{13}")
