@@ -14,7 +14,8 @@ base, budget and evaluation: configs/arena/cpu.yaml. For every method:
    wall time, per-step dynamics, sample outputs. Finished JSONs are skipped on a rerun.
 4. ``--report`` (also run at the end): table.md (mean ± std over seeds, 95 % bootstrap interval over
    problems and seeds, paired bootstrap vs the best method, ID and OOD apart), passk.png,
-   dynamics.png (mean over seeds with a min-max band), base_passk.md — from the JSONs alone.
+   tokens.png (accuracy against generated tokens per method), dynamics.png (mean over seeds with a
+   min-max band), base_passk.md — from the JSONs alone.
 
 ``--scale configs/arena/scale_<model>.yaml --dry-run`` composes the same methods as GPU launches of
 ``recipe.hpt.main_hpt`` (one per method, lr, seed; chains as consecutive stages), prints them and
@@ -371,7 +372,7 @@ def _level_cols(runs: list[dict], block: str) -> list[int]:
 
 
 def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
-    """Rebuild table.md, passk.png, dynamics.png and base_passk.md from the run JSONs alone."""
+    """Rebuild table.md, passk.png, tokens.png, dynamics.png and base_passk.md from the run JSONs alone."""
     import numpy as np
 
     from verl_ext.arena.stats import bootstrap_ci, paired_bootstrap, pass_at_k_curve, seed_mean_std
@@ -538,6 +539,23 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
         (out / "base_passk.md").write_text("\n".join(bl) + "\n")
         md += bl + [""]
 
+    # accuracy against generation cost: one point per method (issue 16's staged-generation question)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (block, label) in zip(axes, (("test", "ID"), ("ood", "OOD"))):
+        for name, s in stats.items():
+            b = s[block]
+            x = s["generated_tokens_est"] / 1e3
+            ax.errorbar([x], [100 * b["mean"]], yerr=[[100 * (b["mean"] - b["low"])], [100 * (b["high"] - b["mean"])]],
+                        fmt="o", capsize=3, label=name)
+            ax.annotate(name, (x, 100 * b["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_title(f"{label} accuracy vs generated tokens (95 % CI)")
+        ax.set_xlabel("generated tokens per run (thousands; mean over seeds)")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "tokens.png", dpi=110)
+    plt.close(fig)
+
     # dynamics: mean over seeds, min-max band
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for ax, key in zip(axes.flat, DYN_KEYS):
@@ -560,7 +578,7 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     fig.tight_layout()
     fig.savefig(out / "dynamics.png", dpi=110)
     plt.close(fig)
-    md += ["Plots: passk.png, dynamics.png. Per-run JSONs: runs/<method>/lr<lr>_s<seed>.json.", ""]
+    md += ["Plots: passk.png, tokens.png (accuracy vs generated tokens), dynamics.png. Per-run JSONs: runs/<method>/lr<lr>_s<seed>.json.", ""]
     text = "\n".join(md)
     (out / "table.md").write_text(text)
     return text

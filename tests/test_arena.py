@@ -195,7 +195,7 @@ def test_quick_arena_end_to_end_and_report_rebuild(tmp_path):
     table = (out / "table.md").read_text()
     for name in ("| base |", "| SFT |", "| HPT g=0 |", "Learning-rate selection", "pass@k", "OOD"):
         assert name in table
-    for png in ("passk.png", "dynamics.png"):
+    for png in ("passk.png", "tokens.png", "dynamics.png"):
         assert (out / png).stat().st_size > 10_000
     assert (out / "base_passk.md").exists()
     # --report rebuilds the same table from the JSONs alone (no data, no model, no training)
