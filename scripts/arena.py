@@ -578,7 +578,8 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     fig.tight_layout()
     fig.savefig(out / "dynamics.png", dpi=110)
     plt.close(fig)
-    md += ["Plots: passk.png, tokens.png (accuracy vs generated tokens), dynamics.png. Per-run JSONs: runs/<method>/lr<lr>_s<seed>.json.", ""]
+    md += ["Plots: passk.png, tokens.png (accuracy vs generated tokens), dynamics.png. "
+           "Per-run JSONs: runs/<method>/lr<lr>_s<seed>.json.", ""]
     text = "\n".join(md)
     (out / "table.md").write_text(text)
     return text
