@@ -44,6 +44,7 @@ def test_staged_hpt_draws_fewer_rows_and_trains_the_same_questions(tiny_model_di
         sft_questions = round(p["hpt/sft_question_share"] * p["hpt/questions"])
         assert 0 < sft_questions < p["hpt/questions"]
         assert s["hpt/stages/stopped_to_sft"] == sft_questions and "hpt/stages/stopped_to_sft" not in p
+        assert s["hpt/stages/padding_rows"] >= 0 and "hpt/stages/padding_rows" not in p  # logged when staged
         # staged: 2 of the 4 rows of each stopped question were never drawn
         assert p["hpt/gen/rows_skipped"] == 0 and s["hpt/gen/rows_skipped"] == 2 * sft_questions
         assert s["hpt/gen/rows"] == p["hpt/gen/rows"] - 2 * sft_questions

@@ -143,10 +143,30 @@ def test_manager_returns_every_slot_in_order_with_placeholders(workers):
     assert out.batch["rm_scores"][~torch.as_tensor(sampled)].abs().sum() == 0
     assert out.non_tensor_batch["uid"].tolist() == prompt_batch(3, n).non_tensor_batch["uid"].tolist()
     assert out.meta_info["timing"]["gen"] == 2.0
+
     # the trainer's view: placeholders gone, q0 named as stopped
     kept, stopped = drop_placeholders(out)
     assert len(kept) == 20 and stopped.tolist() == ["q0"]
     assert SAMPLED_KEY not in kept.non_tensor_batch and SAMPLED_KEY in out.non_tensor_batch
+
+
+def test_padding_rows_get_priorities_of_their_own():
+    """verl's padding repeats a request's first rows; their priorities (the request id under
+    rollout.full_determinism) are replaced by fresh ones past every real row's, so no two requests
+    of a step share one. 3 questions x 4 rows on 5 workers: 12 -> 15 rows, 5 of stage 2's rows."""
+    n = 4
+    inner = CraftedRollout(lambda u, p: u == "q1", workers=5)
+    sent = []
+    orig = inner.generate_sequences
+    inner.generate_sequences = lambda req: (sent.append(req.non_tensor_batch["priority"].tolist()), orig(req))[1]
+    stages = [{"rollouts": 2}, {"rollouts": 2, "max_correct": 0, "action": "stop_to_sft"}]
+    mgr = StagedRolloutManager(inner, load_stages(stages, n=n), n=n, correct_threshold=1.0)
+    out = mgr.generate_sequences(prompt_batch(3, n))
+    assert mgr.last_padding_rows == 4 + 3  # stage 1: 6 rows -> 10; stage 2 (q1 only): 2 rows -> 5
+    every = [p for call in sent for p in call]
+    assert len(every) == len(set(every)) == 6 + 4 + 2 + 3
+    assert sorted(p for p in every if p >= 12) == list(range(12, 19))
+    assert out.non_tensor_batch["priority"][out.non_tensor_batch[SAMPLED_KEY]].tolist() == [0, 1, 4, 5, 6, 7, 8, 9]
 
 
 def test_manager_passes_validation_through_and_plain_batches_are_untouched():

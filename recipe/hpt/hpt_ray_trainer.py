@@ -394,6 +394,10 @@ class RayHPTTrainer(RayPPOTrainer):
             tokens = tokens - prefix.astype(tokens.dtype)
             metrics["hpt/stages/prefix_rows"] = int(((prefix * sampled) > 0).sum())
             metrics["hpt/stages/prefix_tokens"] = float((prefix * sampled).sum())
+        padding = getattr(getattr(self, "async_rollout_manager", None), "last_padding_rows", None)
+        if SAMPLED_KEY in nt and padding is not None:
+            # staged requests filled up to the agent-loop worker count: generated, then dropped
+            metrics["hpt/stages/padding_rows"] = int(padding)
         acc = generation_accounting(tokens, sampled, question, trained_rl=np.asarray(alpha) > 0)
         for key, value in acc.items():
             metrics[f"hpt/gen/{key}"] = value

@@ -114,6 +114,13 @@ class StagedRolloutManager:
                 lens = self._attach_prefixes(request, rows, np.repeat(np.asarray(prefix, dtype=np.float64), k))
                 sent = request.non_tensor_batch[PREFIX_IDS_KEY]
             request, pad = pad_dataproto_to_divisor(request, self._workers())
+            if pad:
+                # verl's padding repeats the first rows, priorities included; under
+                # rollout.full_determinism a priority becomes the request id ("det-<priority>"), so
+                # each padding row gets its own, past every real row's (its output is dropped below).
+                prio = np.array(request.non_tensor_batch["priority"], dtype=np.int64)
+                prio[-pad:] = total + self.last_padding_rows + np.arange(pad)
+                request.non_tensor_batch["priority"] = prio
             out = unpad_dataproto(self.inner.generate_sequences(request), pad)
             for key in (PREFIX_IDS_KEY, PREFIX_LEN_KEY):
                 out.non_tensor_batch.pop(key, None)
