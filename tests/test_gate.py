@@ -13,7 +13,7 @@ import pytest
 import torch
 from verl import DataProto
 
-from verl_ext.hpt.gate import GateConfig, GateConfigError, gate_by_pass_rate, question_stats
+from verl_ext.hpt.gate import GateConfig, GateConfigError, gate_by_pass_rate, question_stats, route_stopped
 
 PAD_ID = 3
 EOS_ID = 2
@@ -357,3 +357,17 @@ def test_drop_all_correct_removes_only_all_correct_questions():
     assert alpha.tolist() == [0.0, 1.0, 0.0, 1.0] and beta.tolist() == [1.0, 0.0, 0.0, 0.0]
     plain = GateConfig.from_mapping({"strategy": "switch", "gamma": 0.0})
     assert gate_by_pass_rate(np.array([8]), np.array([8]), plain)[0].tolist() == [1.0]
+
+
+def test_stopped_questions_go_to_sft_and_keep_rollouts_only_when_asked():
+    """stop_to_sft questions: β = 1; α = 0, or 1 under keep_gated_rollouts (as the gate treats a
+    gated question); the other questions keep the gate's weights."""
+    alpha, beta = np.array([1.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    stopped = np.array([True, False, True])
+    a, b = route_stopped(alpha, beta, stopped, GateConfig(strategy="switch", gamma=0.0))
+    assert a.tolist() == [0.0, 1.0, 0.0] and b.tolist() == [1.0, 0.0, 1.0]
+    keep = GateConfig(strategy="switch", gamma=0.0, keep_gated_rollouts=True, placement="add")
+    a, b = route_stopped(alpha, beta, stopped, keep)
+    assert a.tolist() == [1.0, 1.0, 1.0] and b.tolist() == [1.0, 0.0, 1.0]
+    assert alpha.tolist() == [1.0, 1.0, 0.0]  # inputs untouched
+

@@ -31,7 +31,7 @@ Hook 1 is the step itself, read top to bottom in :meth:`RayHPTTrainer._gate_and_
 0. rows never drawn (staged generation's placeholders) leave the batch
    (:func:`verl_ext.hpt.staged_rollout.drop_placeholders`);
 1. gate (:mod:`verl_ext.hpt.gate`): each question's pass rate over its rollouts' ``rm_scores``
-   → weights (α_q, β_q); a question stopped early goes to SFT (α = 0, β = 1);
+   → weights (α_q, β_q); a question stopped early goes to SFT (β = 1; α = 0 unless keep_gated_rollouts);
 2. demonstrations (:mod:`verl_ext.hpt.demonstrations`): a gated question without a usable one is
    trained with RL instead (α = 1, β = 0; ``hpt/demo_missing``); the others (of a list, those
    ``hpt.demo_choice`` picks) are encoded after their prompt and scored with the run's reward
@@ -77,7 +77,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from verl_ext.hpt.config import HPTConfig, choice_seed
 from verl_ext.hpt.demo_scoring import DemoScorer
-from verl_ext.hpt.gate import gate_by_pass_rate, question_stats
+from verl_ext.hpt.gate import gate_by_pass_rate, question_stats, route_stopped
 from verl_ext.hpt.demonstrations import (
     GatedDemonstrations,
     encode_demonstrations,
@@ -292,7 +292,7 @@ class RayHPTTrainer(RayPPOTrainer):
 
     def _gate(self, batch: DataProto, stopped_uids: Optional[np.ndarray], metrics: dict):
         """Phase 1: per-question statistics of the drawn rollouts' scores and the gate's (α, β).
-        Questions that staged generation stopped early (``stop_to_sft``) go to SFT: α = 0, β = 1."""
+        Questions that staged generation stopped early (``stop_to_sft``) go to SFT (``route_stopped``)."""
         cfg = self.gate_config
         scores = batch.batch["rm_scores"].sum(-1).float().numpy()
         stats = question_stats(batch.non_tensor_batch["uid"], scores, cfg.correct_threshold)
@@ -311,7 +311,7 @@ class RayHPTTrainer(RayPPOTrainer):
             self.hpt_state["dropped_all_correct"] = self.hpt_state.get("dropped_all_correct", 0) + int(dropped.sum())
         if stopped_uids is not None:
             stopped = np.isin(stats.uids, stopped_uids)
-            alpha, beta = np.where(stopped, 0.0, alpha), np.where(stopped, 1.0, beta)
+            alpha, beta = route_stopped(alpha, beta, stopped, cfg)
             metrics["hpt/stages/stopped_to_sft"] = int(stopped.sum())
             self.hpt_state["stopped_to_sft"] = self.hpt_state.get("stopped_to_sft", 0) + int(stopped.sum())
         return stats, question_ids, alpha, beta

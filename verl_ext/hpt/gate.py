@@ -281,3 +281,13 @@ def gate_by_pass_rate(correct: np.ndarray, n: np.ndarray, cfg: GateConfig) -> tu
         everything_right = correct >= n
         alpha, beta = np.where(everything_right, 0.0, alpha), np.where(everything_right, 0.0, beta)
     return alpha, beta
+
+
+def route_stopped(alpha: np.ndarray, beta: np.ndarray, stopped: np.ndarray,
+                  cfg: GateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Questions that staged generation stopped early (``stop_to_sft``) go to SFT: β = 1, and α = 0,
+    or α = 1 with ``keep_gated_rollouts`` (their drawn rollouts stay beside the demonstration, as
+    :func:`gate_by_pass_rate` keeps a gated question's). All arrays (Q,); returns new ones."""
+    stopped = np.asarray(stopped, dtype=bool)
+    kept = 1.0 if cfg.keep_gated_rollouts else 0.0
+    return np.where(stopped, kept, alpha), np.where(stopped, 1.0, beta)
