@@ -731,3 +731,14 @@ def test_generation_accounting_counts_sampled_tokens_and_nothing_for_the_sft_onl
     metrics = {}
     sft_only._record_generation(metrics, batch, stats, alpha=np.array([0.0, 0.0]))
     assert metrics["hpt/gen/tokens"] == 0 and metrics["hpt/gen/tokens_wasted"] == 0
+
+
+def test_hf_server_returns_log_probs_only_when_asked():
+    """Like vLLM's server: logprobs=false (rollout.calculate_log_probs=false) -> None for every row,
+    so plain rows and demonstration-prefix rows of one agent-loop chunk agree."""
+    from verl_ext.rollout.hf_server import requested_log_probs
+
+    assert requested_log_probs({"logprobs": False}, [-0.5, -1.0]) is None
+    assert requested_log_probs({"logprobs": True}, [-0.5, -1.0]) == [-0.5, -1.0]
+    assert requested_log_probs({"temperature": 1.0}, [-0.5]) == [-0.5]  # not sent: verl 0.9 always sends it
+

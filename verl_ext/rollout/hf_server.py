@@ -47,6 +47,14 @@ def server_actor_name(replica_rank: int, name_suffix: str = "") -> str:
     return f"{SERVER_NAME_PREFIX}{replica_rank}{name_suffix}"
 
 
+def requested_log_probs(sampling_params: dict[str, Any], log_probs: list[float]) -> Optional[list[float]]:
+    """The sampled tokens' log-probs when the request asks for them, else None, as vLLM's server
+    answers (verl's agent loop sends ``logprobs=rollout.calculate_log_probs``). Then every row of an
+    agent-loop chunk has them or none has: verl stacks them per chunk, and a demonstration-prefix row
+    that needs no server call (``hpt_prefix_agent``) follows the request's flag, not the server's."""
+    return list(log_probs) if sampling_params.get("logprobs", True) else None
+
+
 class HFRolloutServer:
     """Serves one rollout replica with a Hugging Face causal LM on the local CPU (or device)."""
 
@@ -121,7 +129,7 @@ class HFRolloutServer:
         result = await fut
         return TokenOutput(
             token_ids=result.token_ids,
-            log_probs=result.log_probs,
+            log_probs=requested_log_probs(sampling_params, result.log_probs),
             stop_reason="completed",
             extra_fields={"global_steps": self.global_steps},
         )

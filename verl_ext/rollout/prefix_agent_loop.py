@@ -9,7 +9,8 @@ reduced by the prefix length, and the row's response is prefix + generated token
 - ``response_mask`` 1 on every response token (the prefix is part of the response the reward and
   the loss see; which tokens are prefix is ``extra_fields["hpt_prefix_len"]``, the staged manager's
   ``hpt_prefix_mask``);
-- ``response_logprobs`` (when the rollout returns them) 0.0 on the prefix tokens: they were not sampled;
+- ``response_logprobs`` (when the request asks for them: ``rollout.calculate_log_probs``) 0.0 on the
+  prefix tokens: they were not sampled;
 - a prefix that already ends with EOS (the whole demonstration, fraction 1) or fills the response
   length is returned without a server call.
 
