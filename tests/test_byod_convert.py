@@ -120,3 +120,26 @@ def test_cli_refuses_an_input_with_nothing_convertible(tmp_path):
     with pytest.raises(SystemExit, match="no row of .* could be converted"):
         load_script("scripts/data/convert.py").main(["--format", "jsonl", "--input", str(src),
                                                      "--out", str(tmp_path / "o.parquet")])
+
+
+def test_jsonl_demonstration_lists_are_kept_and_every_row_becomes_a_list(tmp_path):
+    """Several teachers per question: a list stays a list (empty entries dropped and counted), a
+    one-entry list becomes that entry, and once any row has a list every row's demonstration is a
+    list (one parquet type per column); each entry is graded; the training side accepts the rows."""
+    src = tmp_path / "teachers.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "2+3?", "answer": "5", "demonstration": ["2+3=5. \\boxed{5}", "", "3+2=5. \\boxed{5}", 7]},
+        {"question": "4+4?", "answer": "8", "demonstration": "4+4=9. \\boxed{9}"},
+        {"question": "1+1?", "answer": "2", "demonstration": ["", "1+1=2. \\boxed{2}"]},
+        {"question": "0+0?", "answer": "0", "demonstration": [""]}]))
+    out_path = tmp_path / "train.parquet"
+    rep = load_script("scripts/data/convert.py").main(
+        ["--format", "jsonl", "--input", str(src), "--out", str(out_path)])
+    assert rep["kept"] == 4 and rep["demo_lists"] == 1 and rep["demo_entries_dropped"] == 4
+    assert rep["no_demonstration"] == 1 and rep["demos_scored"] == 4 and rep["demos_passing_reward"] == 3
+    demos = [None if d is None else list(d) for d in (i["target"] for i in pd.read_parquet(out_path)["extra_info"])]
+    assert demos == [["2+3=5. \\boxed{5}", "3+2=5. \\boxed{5}"], ["4+4=9. \\boxed{9}"], ["1+1=2. \\boxed{2}"], None]
+    rows = pd.read_parquet(out_path).to_dict("records")
+    for row in rows[:3]:
+        assert_contract(row)
+

@@ -20,7 +20,10 @@ rows that returns the contract rows and a :class:`ConvertReport` (rows kept, row
     of messages; the first message's content becomes ``extra_info.target`` (system prompt removed,
     as :mod:`verl_ext.data.openr1` does for the release).
 ``jsonl``       a plain JSONL (or JSON list / parquet) of ``question`` (or ``problem``), ``answer``
-    (or ``ground_truth``) and ``demonstration`` (or ``solution``/``target``), optional ``id``.
+    (or ``ground_truth``) and ``demonstration`` (or ``solution``/``target``), optional ``id``. A
+    demonstration may be a list of strings (several teachers per question; ``hpt.demo_choice``
+    picks among them): empty entries are dropped and counted; when any row has a list, every row's
+    demonstration is written as a list (parquet keeps one type per column).
 
 Rows are dropped (counted by reason) when they have no question or no ground truth; a row without a
 demonstration is kept (``no_demonstration``) unless ``drop_missing_demo``; train it with
@@ -54,6 +57,8 @@ class ConvertReport:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     no_demonstration: int = 0  # kept rows without a demonstration
+    demo_lists: int = 0  # rows whose demonstration is a list of several
+    demo_entries_dropped: int = 0  # empty or non-text entries of a demonstration list
     demos_rewritten: int = 0  # '#### N' -> '\boxed{N}'
     demos_scored: int = 0
     demos_passing_reward: int = 0
@@ -73,6 +78,9 @@ class ConvertReport:
         if self.no_demonstration:
             out.append(f"  kept without a demonstration: {self.no_demonstration} (train with "
                        f"hpt.data.on_missing_demo=rl or skip)")
+        if self.demo_lists:
+            out.append(f"  rows with several demonstrations: {self.demo_lists} "
+                       f"({self.demo_entries_dropped} empty or non-text list entries dropped)")
         if self.demos_rewritten:
             out.append(f"  demonstrations rewritten '#### N' -> '\\boxed{{N}}': {self.demos_rewritten} "
                        f"(originals in extra_info.<field>_original)")
@@ -94,6 +102,19 @@ def _text(x: Any) -> Optional[str]:
     if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x:
         return str(int(x)) if float(x).is_integer() else str(x)
     return None
+
+
+def _demonstrations(x: Any) -> tuple[Any, int]:
+    """A text demonstration, a list of them (several teachers), or None; and how many list entries
+    were dropped (empty or not text). A list left with one entry becomes that string."""
+    items = as_list(x)
+    if items is None:
+        return _text(x), 0
+    kept = [t for t in (_text(i) if isinstance(i, str) else None for i in items) if t is not None]
+    dropped = len(items) - len(kept)
+    if not kept:
+        return None, dropped
+    return (kept[0] if len(kept) == 1 else kept), dropped
 
 
 def _ground_truth(x: Any) -> Any:
@@ -223,7 +244,8 @@ def _jsonl(row: dict, i: int, opts: dict) -> tuple[dict, bool]:
     if q is None:
         raise DropRow("no question (question/problem)")
     gt = _ground_truth(_first(row, ("answer", "ground_truth")))
-    demo = _text(_first(row, ("demonstration", "solution", "target")))
+    demo, dropped_entries = _demonstrations(_first(row, ("demonstration", "solution", "target")))
+    opts["demo_entries_dropped"] += dropped_entries  # counted in the report
     idx = _first(row, ("id", "index"))
     info = {"index": idx if isinstance(idx, (int, str)) and not isinstance(idx, bool) else i,
             "split": opts["split"], opts["demo_field"]: demo}
@@ -249,7 +271,7 @@ def convert_rows(rows: Iterable[dict], fmt: str, answer_format: str = "boxed", d
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"unknown answer format {answer_format!r}; choose from {ANSWER_FORMATS}")
     opts = {"answer_format": answer_format, "data_source": data_source, "demo_field": demo_field, "split": split,
-            "prompt_style": prompt_style}
+            "prompt_style": prompt_style, "demo_entries_dropped": 0}
     report = ConvertReport(format=fmt)
     out: list[dict] = []
     for i, row in enumerate(rows):
@@ -268,6 +290,12 @@ def convert_rows(rows: Iterable[dict], fmt: str, answer_format: str = "boxed", d
         report.kept += 1
         report.data_sources[new["data_source"]] += 1
         out.append(new)
+    report.demo_entries_dropped = opts["demo_entries_dropped"]
+    report.demo_lists = sum(isinstance(r["extra_info"].get(demo_field), list) for r in out)
+    if report.demo_lists:  # parquet keeps one type per column: every demonstration becomes a list
+        for r in out:
+            if isinstance(r["extra_info"].get(demo_field), str):
+                r["extra_info"][demo_field] = [r["extra_info"][demo_field]]
     kinds = {type(r["extra_info"]["index"]) for r in out}
     if len(kinds) > 1:  # parquet keeps one type per column: mixed ids become strings
         for r in out:
@@ -281,9 +309,9 @@ def convert_rows(rows: Iterable[dict], fmt: str, answer_format: str = "boxed", d
             from verl_ext.reward import compute_score as score_fn
         for r in out:
             demo = r["extra_info"].get(demo_field)
-            if demo is not None:
+            for text in (demo if isinstance(demo, list) else [] if demo is None else [demo]):
                 report.demos_scored += 1
-                res = score_fn(r["data_source"], demo, r["reward_model"]["ground_truth"])
+                res = score_fn(r["data_source"], text, r["reward_model"]["ground_truth"])
                 s = res["score"] if isinstance(res, dict) else res
                 report.demos_passing_reward += float(s) >= 1.0
     return out, report
