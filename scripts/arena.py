@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,8 +381,10 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     all_runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*.json"))]
     if not all_runs:
         raise SystemExit(f"no run JSONs under {out / 'runs'}")
-    meta = json.loads((out / "arena.json").read_text()) if (out / "arena.json").exists() else {}
-    order = [n for n in (names or meta.get("methods") or list(methods)) if n in methods]
+    planned = json.loads((out / "arena.json").read_text()).get("lrs") if (out / "arena.json").exists() else None
+    # every method of methods.yaml with results, in its order (arena.json names only the last
+    # invocation's methods, and several invocations may have filled runs/)
+    order = [n for n in (names or list(methods)) if n in methods]
     seed0 = min(r["seed"] for r in all_runs)
     lrs = sorted({r["lr"] for r in all_runs if isinstance(r["lr"], float)})
     sel = select_lrs(out, methods, list(dict.fromkeys(needed_grid_methods(methods, order) + order)), lrs, seed0)
@@ -454,12 +457,14 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
             + f" | {s['wall_s']:.0f} |")
     sel_lines = ["| method | grid: validation accuracy % (test %) | selected lr |", "|---|---|---|"]
     for name in order:
-        if name not in sel:
+        if name not in sel or not (sel[name].get("grid") or name in final):  # a reused lr: listed once run
             continue
         g = sel[name].get("grid")
         grid = ", ".join(f"{k}: {pct(v['val'])} ({pct(v['test'])})" for k, v in g.items()) if g else \
             f"reuses {', '.join(sel[name]['reused_from'])}"
-        sel_lines.append(f"| {name} | {grid} | {lr_tag(sel[name]['selected'])} |")
+        n_grid = len(planned or lrs)
+        partial = f" (grid: {len(g)} of {n_grid} points so far)" if g and len(g) < n_grid else ""
+        sel_lines.append(f"| {name} | {grid} | {lr_tag(sel[name]['selected'])}{partial} |")
     base_val = None
     if "base" in final:
         base_val = float(np.mean([accuracy(r["val"]) for r in final["base"]]))
@@ -688,6 +693,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="optimizer-step budget per method (chains split it)")
     ap.add_argument("--lrs", default=None, help="comma-separated lr grid")
     ap.add_argument("--quick", action="store_true", help="CI: 2 methods, 1 seed, 2 steps, tiny evaluation sets")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once (each its own process; 2 on 2 cores: a run keeps about one busy)")
     ap.add_argument("--report", action="store_true", help="rebuild table and plots from the result JSONs only")
     ap.add_argument("--out", default="results/arena")
     ap.add_argument("--work", default=None, help="checkpoints and logs (default outputs/arena_work/<out name>)")
@@ -747,20 +754,24 @@ def main(argv=None):
     ctx = dict(cfg=cfg, common=common, methods=methods, steps=steps, q=qps, data=data, base=base, sets=sets,
                out=out, quick=quick, work_root=work_root)
 
-    def go(name, lr, seed):
-        return run_one(name=name, lr=lr, seed=seed, **ctx)
+    def go_all(runs: list[tuple]):
+        """(method, lr, seed) runs, ``--jobs`` at a time: each trains in its own process (its own Ray),
+        so independent runs overlap; a finished run's JSON is skipped as always."""
+        if args.jobs <= 1:
+            for name, lr, seed in runs:
+                run_one(name=name, lr=lr, seed=seed, **ctx)
+            return
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for _ in pool.map(lambda r: run_one(name=r[0], lr=r[1], seed=r[2], **ctx), runs):
+                pass
 
     if "base" in methods:
-        go("base", None, seeds[0])
-    for name in needed_grid_methods(methods, [n for n in names if n != "base"]):
-        for lr in lrs:
-            go(name, lr, seeds[0])
+        go_all([("base", None, seeds[0])])
+    go_all([(name, lr, seeds[0]) for name in needed_grid_methods(methods, [n for n in names if n != "base"])
+            for lr in lrs])
     sel = select_lrs(out, methods, list(dict.fromkeys(needed_grid_methods(methods, names) + names)), lrs, seeds[0])
-    for name in names:
-        if methods[name].get("train", True) is False:
-            continue
-        for seed in seeds:
-            go(name, sel[name]["selected"], seed)
+    go_all([(name, sel[name]["selected"], seed) for name in names if methods[name].get("train", True) is not False
+            for seed in seeds])
     text = report(out, methods, order)
     print(text)
     print(f"arena finished in {time.time() - t0:.0f}s; results in {out}")

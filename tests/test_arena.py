@@ -168,7 +168,8 @@ def test_scale_dry_run_rejects_a_broken_method(tmp_path):
 @pytest.mark.e2e
 def test_quick_arena_end_to_end_and_report_rebuild(tmp_path):
     out = tmp_path / "arena"
-    proc = subprocess.run([sys.executable, "scripts/arena.py", "--quick", "--out", str(out),
+    # --jobs 2: the grid's two runs (SFT, HPT g=0) train at once, each in its own process and Ray
+    proc = subprocess.run([sys.executable, "scripts/arena.py", "--quick", "--jobs", "2", "--out", str(out),
                            "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     runs = sorted((out / "runs").glob("*/*.json"))
