@@ -94,11 +94,12 @@ def probe_base(path: str, data: Path, per_level: int) -> None:
           f"wrong chain", flush=True)
 
 
-def train(path: str, data: Path, mode: str, lr: float, steps: int, questions: int, seed: int) -> None:
+def train(path: str, data: Path, mode: str, lr: float, steps: int, questions: int, seed: int,
+          levels: tuple[int, ...] = (2, 3, 4, 5)) -> None:
     tok, model = load(path)
     test = pd.read_parquet(data / "test.parquet")
     test = test[test.apply(level_of, axis=1).groupby(test.apply(level_of, axis=1)).cumcount() < 100]
-    rows = generate_rows(4000, (2, 3, 4, 5), seed=7, split="probe", unique=False,
+    rows = generate_rows(4000, levels, seed=7, split="probe", unique=False,
                          exclude={info["question"] for info in test["extra_info"]})
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -172,12 +173,14 @@ def main(argv=None):
     ap.add_argument("--questions", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-levels", default="2,3,4,5", help="train: the levels questions are drawn from")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == "base":
         probe_base(args.model, Path(args.data), args.per_level)
     else:
-        train(args.model, Path(args.data), args.mode, args.lr, args.steps, args.questions, args.seed)
+        train(args.model, Path(args.data), args.mode, args.lr, args.steps, args.questions, args.seed,
+              tuple(int(x) for x in args.train_levels.split(",")))
 
 
 if __name__ == "__main__":
