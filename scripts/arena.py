@@ -772,7 +772,8 @@ def main(argv=None):
     sel = select_lrs(out, methods, list(dict.fromkeys(needed_grid_methods(methods, names) + names)), lrs, seeds[0])
     go_all([(name, sel[name]["selected"], seed) for name in names if methods[name].get("train", True) is not False
             for seed in seeds])
-    text = report(out, methods, order)
+    # every method with results, not only this invocation's: runs/ is shared by all invocations
+    text = report(out, methods)
     print(text)
     print(f"arena finished in {time.time() - t0:.0f}s; results in {out}")
     return text
