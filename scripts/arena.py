@@ -385,6 +385,8 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     # every method of methods.yaml with results, in its order (arena.json names only the last
     # invocation's methods, and several invocations may have filled runs/)
     order = [n for n in (names or list(methods)) if n in methods]
+    if names is None:
+        order = [n for n in order if any(r["method"] == n for r in all_runs)]
     seed0 = min(r["seed"] for r in all_runs)
     lrs = sorted({r["lr"] for r in all_runs if isinstance(r["lr"], float)})
     sel = select_lrs(out, methods, list(dict.fromkeys(needed_grid_methods(methods, order) + order)), lrs, seed0)
