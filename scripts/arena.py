@@ -264,6 +264,50 @@ def run_one(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, ou
             raise SystemExit(f"{path} was run under another setting ({differs}; stored, now): move it away "
                              f"or pass another --out; results of two settings are never mixed")
         return done
+    with run_lock(work_root / slug(name) / f"lr{lr_tag(lr)}_s{seed}.lock", f"{name} lr={lr_tag(lr)} s={seed}"):
+        if path.exists():  # finished by another invocation while this one waited its turn
+            return json.loads(path.read_text())
+        return _train_and_evaluate(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, out, quick,
+                                   work_root, path, setting)
+
+
+class run_lock:
+    """One process per (method, lr, seed): two arena invocations sharing ``runs/`` (e.g. two
+    ``--methods`` lanes) would otherwise train the same run into the same work folder, and each
+    would read the other's metrics. The lock file holds the owner's pid; a lock whose pid is gone
+    (a killed run) is taken over."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                    os.kill(pid, 0)
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                    continue
+                except PermissionError:
+                    pass
+                raise SystemExit(f"run {self.what} is being trained by process {pid} ({self.path}); "
+                                 f"wait for it, or remove the lock if that process is not an arena")
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise SystemExit(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
+
+
+def _train_and_evaluate(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, out, quick, work_root,
+                        path, setting) -> dict:
     t0 = time.time()
     rec = {"method": name, "lr": lr, "seed": seed, **setting}
     if methods[name].get("train", True) is False:
@@ -767,11 +811,14 @@ def main(argv=None):
             for _ in pool.map(lambda r: run_one(name=r[0], lr=r[1], seed=r[2], **ctx), runs):
                 pass
 
+    # the lr grid (and the base) always at the arena's first seed, whatever --seeds asks for: a
+    # later `--seeds 1,2` adds seeds at the selected lr and never re-runs the grid at seed 1
+    grid_seed = int((q["seeds"] if quick else cfg["seeds"])[0])
     if "base" in methods:
-        go_all([("base", None, seeds[0])])
-    go_all([(name, lr, seeds[0]) for name in needed_grid_methods(methods, [n for n in names if n != "base"])
+        go_all([("base", None, grid_seed)])
+    go_all([(name, lr, grid_seed) for name in needed_grid_methods(methods, [n for n in names if n != "base"])
             for lr in lrs])
-    sel = select_lrs(out, methods, list(dict.fromkeys(needed_grid_methods(methods, names) + names)), lrs, seeds[0])
+    sel = select_lrs(out, methods, list(dict.fromkeys(needed_grid_methods(methods, names) + names)), lrs, grid_seed)
     go_all([(name, sel[name]["selected"], seed) for name in names if methods[name].get("train", True) is not False
             for seed in seeds])
     # every method with results, not only this invocation's: runs/ is shared by all invocations

@@ -4,6 +4,7 @@ CPU run end to end with a --report rebuild from its JSONs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -232,6 +233,26 @@ def test_rerun_never_mixes_two_settings(tmp_path):
     (base / "hpt_base.json").write_text(json.dumps({"settings": {"steps": 300}}))
     with pytest.raises(SystemExit, match="base_settings"):
         run_one(steps=100, **kw)
+
+
+def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+    """Two arena invocations never train the same (method, lr, seed): the second stops naming the
+    owner's pid; a lock left by a killed run (its pid gone) is taken over; the lock goes on exit."""
+    from scripts.arena import run_lock
+
+    lock = tmp_path / "w" / "lr3e-05_s1.lock"
+    with run_lock(lock, "HPT g=0 lr=3e-05 s=1"):
+        assert lock.read_text() == str(os.getpid())
+        with pytest.raises(SystemExit, match=rf"being trained by process {os.getpid()}"):
+            with run_lock(lock, "HPT g=0 lr=3e-05 s=1"):
+                pass
+    assert not lock.exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(str(dead.pid))
+    with run_lock(lock, "x"):
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
 
 
 def test_probe_chain_check():
