@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,45 +266,42 @@ def run_one(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, ou
                              f"or pass another --out; results of two settings are never mixed")
         return done
     with run_lock(work_root / slug(name) / f"lr{lr_tag(lr)}_s{seed}.lock", f"{name} lr={lr_tag(lr)} s={seed}"):
-        if path.exists():  # finished by another invocation while this one waited its turn
+        if path.exists():  # finished by another invocation between the check above and the lock
             return json.loads(path.read_text())
         return _train_and_evaluate(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, out, quick,
                                    work_root, path, setting)
 
 
-class run_lock:
+@contextmanager
+def run_lock(path: Path, what: str):
     """One process per (method, lr, seed): two arena invocations sharing ``runs/`` (e.g. two
     ``--methods`` lanes) would otherwise train the same run into the same work folder, and each
-    would read the other's metrics. The lock file holds the owner's pid; a lock whose pid is gone
-    (a killed run) is taken over."""
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what = path, what
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                    os.kill(pid, 0)
-                except (ValueError, ProcessLookupError, FileNotFoundError):
-                    self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                    continue
-                except PermissionError:
-                    pass
-                raise SystemExit(f"run {self.what} is being trained by process {pid} ({self.path}); "
-                                 f"wait for it, or remove the lock if that process is not an arena")
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
-        raise SystemExit(f"could not take the lock {self.path}")
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-        return False
+    would read the other's metrics. The lock file holds the owner's pid; a second invocation stops
+    with the owner's pid, and a lock whose pid is gone (a killed run) is taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        pid, alive = 0, True
+        try:
+            pid = int(path.read_text().strip() or 0)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            alive = False
+        except PermissionError:  # another user's live process
+            pass
+        if not alive:
+            path.unlink(missing_ok=True)  # stale: its owner is gone
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        else:
+            raise SystemExit(f"run {what} is being trained by process {pid} ({path}); "
+                             f"wait for it, or remove the lock if that process is not an arena") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _train_and_evaluate(cfg, common, methods, name, lr, seed, steps, q, data, base, sets, out, quick, work_root,
