@@ -539,6 +539,9 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
 
     n_samples = any_run["passk"]["samples"]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n_samples]
+    # one colour per method in every plot; tab20 past 10 methods, where tab10 would repeat colours
+    cmap = plt.get_cmap("tab20" if len(final) > 10 else "tab10")
+    colour = {name: cmap(i) for i, name in enumerate(final)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     passk = {}
     for name, runs in final.items():
@@ -552,7 +555,7 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
                 curves.append([c[k] for k in ks])
             m = np.mean(curves, axis=0)
             passk.setdefault(name, {})[label] = {int(k): float(v) for k, v in zip(ks, m)}
-            ax.plot(ks, 100 * m, marker="o", label=name)
+            ax.plot(ks, 100 * m, marker="o", label=name, color=colour[name])
             ax.set_title(f"pass@k at temperature 1 ({label} subset)")
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -595,7 +598,7 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
             b = s[block]
             x = s["generated_tokens_est"] / 1e3
             ax.errorbar([x], [100 * b["mean"]], yerr=[[100 * (b["mean"] - b["low"])], [100 * (b["high"] - b["mean"])]],
-                        fmt="o", capsize=3, label=name)
+                        fmt="o", capsize=3, label=name, color=colour[name])
             ax.annotate(name, (x, 100 * b["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
         ax.set_title(f"{label} accuracy vs generated tokens (95 % CI)")
         ax.set_xlabel("generated tokens per run (thousands; mean over seeds)")
@@ -606,7 +609,10 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     plt.close(fig)
 
     # dynamics: mean over seeds, min-max band
+    # the same colours in all four panels: a method without a series in one panel (SFT has no rollout
+    # pass rate) must not shift the colour cycle of the methods after it
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    handles = {}
     for ax, key in zip(axes.flat, DYN_KEYS):
         for name, runs in final.items():
             series = [r["dynamics"] for r in runs if r.get("dynamics")]
@@ -618,12 +624,13 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
             if vals.size == 0 or np.all(np.isnan(vals)):
                 continue
             mean = np.nanmean(vals, axis=0)
-            line, = ax.plot(steps, mean, label=name, linewidth=1.2)
-            ax.fill_between(steps, np.nanmin(vals, axis=0), np.nanmax(vals, axis=0), alpha=0.2, color=line.get_color())
+            handles[name], = ax.plot(steps, mean, label=name, linewidth=1.2, color=colour[name])
+            ax.fill_between(steps, np.nanmin(vals, axis=0), np.nanmax(vals, axis=0), alpha=0.2, color=colour[name])
         ax.set_title(f"{key} (mean over seeds, band = min..max)")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+    # the legend names every method drawn in any panel, in methods.yaml's order
+    axes.flat[0].legend([handles[n] for n in final if n in handles], [n for n in final if n in handles], fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "dynamics.png", dpi=110)
     plt.close(fig)
