@@ -473,6 +473,12 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
                 continue
             cmp = paired_bootstrap(_matrix(final[name], block), _matrix(final[best], block))
             stats[name][block]["vs_best"] = cmp
+        # the gain over the untrained base, paired on the same problems: what the issue's "the best
+        # method gains on the base by many times the interval" is read from
+        for name in stats:
+            if "base" in final and name != "base":
+                stats[name][block]["vs_base"] = paired_bootstrap(_matrix(final[name], block),
+                                                                 _matrix(final["base"], block))
     (out / "stats.json").write_text(json.dumps({"best": bests, "methods": stats}, indent=2))
 
     def pct(x):
@@ -481,13 +487,15 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     def sig(v):
         if v == "best":
             return "best"
+        if v is None:
+            return "-"
         return (f"{100 * v['diff']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
                 + (" *" if v["significant"] else ""))
 
     n_test, n_ood = len(any_run["test"]["correct"]), len(any_run["ood"]["correct"])
     head = ("| method | lr | seeds | ID mean ± std | ID 95% CI | " + " | ".join(f"L{lv}" for lv in id_levels)
-            + " | ID vs best | OOD mean ± std | OOD 95% CI | " + " | ".join(f"L{lv}" for lv in ood_levels)
-            + " | OOD vs best | gen. tokens | trained tokens | wall s |")
+            + " | ID vs best | ID vs base | OOD mean ± std | OOD 95% CI | " + " | ".join(f"L{lv}" for lv in ood_levels)
+            + " | OOD vs best | OOD vs base | gen. tokens | trained tokens | wall s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, s in ((n, stats[n]) for n in final):
         t, o = s["test"], s["ood"]
@@ -495,9 +503,10 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
             f"| {name} | {lr_tag(s['lr']) if s['lr'] is not None else '-'} | {len(s['seeds'])} | "
             f"{pct(t['mean'])} ± {pct(t['std'])} | [{pct(t['low'])}, {pct(t['high'])}] | "
             + " | ".join(pct(t["levels"][lv]) for lv in id_levels)
-            + f" | {sig(t['vs_best'])} | {pct(o['mean'])} ± {pct(o['std'])} | [{pct(o['low'])}, {pct(o['high'])}] | "
-            + " | ".join(pct(o["levels"][lv]) for lv in ood_levels)
-            + f" | {sig(o['vs_best'])} | {s['generated_tokens_est']:.0f} | {s['trained_tokens']:.0f}"
+            + f" | {sig(t['vs_best'])} | {sig(t.get('vs_base'))} | {pct(o['mean'])} ± {pct(o['std'])} | "
+            + f"[{pct(o['low'])}, {pct(o['high'])}] | " + " | ".join(pct(o["levels"][lv]) for lv in ood_levels)
+            + f" | {sig(o['vs_best'])} | {sig(o.get('vs_base'))} | {s['generated_tokens_est']:.0f}"
+            + f" | {s['trained_tokens']:.0f}"
             + f" | {s['wall_s']:.0f} |")
     sel_lines = ["| method | grid: validation accuracy % (test %) | selected lr |", "|---|---|---|"]
     for name in order:
@@ -520,8 +529,9 @@ def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     md = [f"# Arena: held-out accuracy (%), greedy; ID = {n_test} test problems of levels {id_levels}, "
           f"OOD = {n_ood} problems of levels {ood_levels} (never trained on)", "",
           f"Steps per method: {any_run['steps']} × {any_run['questions_per_step']} questions; "
-          "mean ± std over seeds; 95% CI: bootstrap over problems and seeds; 'vs best': paired bootstrap "
-          "difference to the best method with its 95% CI, * = significant (CI excludes 0).", "",
+          "mean ± std over seeds; 95% CI: bootstrap over problems and seeds; 'vs best' / 'vs base': paired "
+          "bootstrap difference to the best method / to the base, with its 95% CI, * = significant (CI excludes 0).",
+          "",
           *lines, "", "## Learning-rate selection (validation split, disjoint from test)", "", *sel_lines, ""]
     if degenerate:
         md += ["## Degenerate at every grid point (validation < half the base's)", ""]

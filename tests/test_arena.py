@@ -195,8 +195,16 @@ def test_quick_arena_end_to_end_and_report_rebuild(tmp_path):
     assert set(sel) == {"SFT", "HPT g=0"} and sel["SFT"]["selected"] == 1e-3
     assert 0.0 <= sel["SFT"]["grid"]["0.001"]["val"] <= 1.0
     table = (out / "table.md").read_text()
-    for name in ("| base |", "| SFT |", "| HPT g=0 |", "Learning-rate selection", "pass@k", "OOD"):
+    for name in ("| base |", "| SFT |", "| HPT g=0 |", "Learning-rate selection", "pass@k", "OOD", "ID vs base"):
         assert name in table
+    # the gain over the base is the paired difference of the two methods' means, inside its interval
+    st = json.loads((out / "stats.json").read_text())["methods"]
+    for name in ("SFT", "HPT g=0"):
+        for block in ("test", "ood"):
+            vb = st[name][block]["vs_base"]
+            assert vb["diff"] == pytest.approx(st[name][block]["mean"] - st["base"][block]["mean"], abs=1e-9)
+            assert vb["low"] <= vb["diff"] <= vb["high"]
+    assert "vs_base" not in st["base"]["test"]
     for png in ("passk.png", "tokens.png", "dynamics.png"):
         assert (out / png).stat().st_size > 10_000
     assert (out / "base_passk.md").exists()
