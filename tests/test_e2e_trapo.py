@@ -8,12 +8,22 @@ the demo arm, generated tokens the policy gradient; the gate never routes to SFT
 token in the step is a prefix token. The verifier fixes each question's outcome by its dataset index
 (even: all correct, odd: none), so exactly the odd questions get 2 prefix rows each. The staged manager
 checks that each prefix row's response starts with the prefix it was sent (it raises otherwise).
+
+Several agent-loop workers, as on a GPU: verl gives each worker a contiguous chunk of a stage's rows.
+The data are ordered (``data.shuffle=false``) so that every batch of 8 questions holds its 4 even
+indices first: with 2 workers one chunk of each stage after the first holds only plain rows and the
+other only prefix rows (stage 3: whole-demonstration rows, which make no server call), so the
+workers' rows return different extra fields in every step, by construction. verl's default of 8
+workers (one row per chunk) runs too.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+import pandas as pd
+import pytest
 
 from tests.e2e_utils import base_overrides, run_main
 
@@ -22,17 +32,39 @@ STAGES = ("hpt.stages=[{rollouts:2},{rollouts:1,max_correct:0,action:continue_wi
           "{rollouts:1,max_correct:2,action:continue_with_prefix,prefix:1.0}]")
 
 
-def test_trapo_prefix_rows_train_their_demonstration_tokens(tiny_model_dir, arith_data_dir, tmp_path, capsys):
+BATCH = 8  # cpu_tiny's data.train_batch_size
+
+
+def even_first_data(arith_data_dir, out):
+    """The training rows reordered so that each batch of 8 holds 4 even then 4 odd dataset indices
+    (``index_parity_reward``: even questions all correct, odd none)."""
+    df = pd.read_parquet(arith_data_dir / "train.parquet")
+    parity = df["extra_info"].map(lambda e: int(e["index"]) % 2).to_numpy()
+    even, odd = df[parity == 0], df[parity == 1]
+    half = BATCH // 2
+    blocks = [pd.concat([even.iloc[i:i + half], odd.iloc[i:i + half]])
+              for i in range(0, min(len(even), len(odd)), half)]
+    out.mkdir()
+    pd.concat(blocks).to_parquet(out / "train.parquet", index=False)
+    (out / "test.parquet").write_bytes((arith_data_dir / "test.parquet").read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("workers,steps", [(2, 2), (8, 1)], ids=["2-workers", "verl-default-8-workers"])
+def test_trapo_prefix_rows_train_their_demonstration_tokens(tiny_model_dir, arith_data_dir, tmp_path, capsys,
+                                                            workers, steps):
     ckpt = tmp_path / "trapo"
-    over = base_overrides(tiny_model_dir, arith_data_dir, ckpt, steps=2, reward=INDEX_REWARD) + [
+    data = even_first_data(arith_data_dir, tmp_path / "data")
+    over = base_overrides(tiny_model_dir, data, ckpt, steps=steps, reward=INDEX_REWARD) + [
         "upge=trapo", "hpt.gate.strategy=never", "hpt.loss.rollout.const_len=256", "hpt.loss.demo.const_len=256",
-        "trainer.save_freq=-1", "actor_rollout_ref.rollout.n=4", STAGES]
+        "trainer.save_freq=-1", "actor_rollout_ref.rollout.n=4", STAGES, "data.shuffle=false",
+        f"actor_rollout_ref.rollout.agent.num_workers={workers}"]
     metrics = run_main(over, tmp_path / "trapo.jsonl", timeout=900)
-    steps = [m for m in metrics if "hpt/questions" in m]
-    assert len(steps) == 2
-    for m in steps:
+    steps_logged = [m for m in metrics if "hpt/questions" in m]
+    assert len(steps_logged) == steps
+    for m in steps_logged:
         failing = round(m["hpt/questions"] * (1 - m["hpt/pass_rate/mean"]))  # odd indices: none correct
-        assert 0 < failing < m["hpt/questions"]
+        assert failing == BATCH // 2 == m["hpt/questions"] - failing
         assert m["hpt/stages/prefix_rows"] == 2 * failing  # a 50 % row and a full-demonstration row each
         assert m["hpt/stages/prefix_tokens"] >= m["hpt/stages/prefix_rows"]
         assert m["hpt/gen/rows_skipped"] == 0 and m["hpt/rows/demo"] == 0  # no SFT row: the gate never
@@ -40,6 +72,7 @@ def test_trapo_prefix_rows_train_their_demonstration_tokens(tiny_model_dir, arit
         assert 0 < m["actor/hpt/demo_token_share"] < 1
         assert math.isfinite(m["actor/hpt/sft/loss"]) and math.isfinite(m["actor/grad_norm"])
     with capsys.disabled():
-        print(f"\n[trapo] prefix rows {[m['hpt/stages/prefix_rows'] for m in steps]}, prefix tokens "
-              f"{[m['hpt/stages/prefix_tokens'] for m in steps]}, demo-arm token share "
-              f"{[round(m['actor/hpt/demo_token_share'], 3) for m in steps]}")
+        print(f"\n[trapo, {workers} agent-loop workers] prefix rows "
+              f"{[m['hpt/stages/prefix_rows'] for m in steps_logged]}, prefix tokens "
+              f"{[m['hpt/stages/prefix_tokens'] for m in steps_logged]}, demo-arm token share "
+              f"{[round(m['actor/hpt/demo_token_share'], 3) for m in steps_logged]}")

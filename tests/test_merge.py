@@ -394,7 +394,11 @@ def test_pad_rows_are_inert_copies_with_their_own_uids():
     pad = {k: padded.batch[k][15] for k in padded.batch.keys()}
     assert (pad["response_mask"] == 0).all() and pad[HPT_ROW_WEIGHT] == 0.0
     assert (pad["rm_scores"] == 0).all()
-    assert torch.equal(pad["input_ids"], before["input_ids"][14])  # a copy of the last row otherwise
+    assert torch.equal(pad["input_ids"], before["input_ids"][14])  # the last row's shapes and ids
+    # one token through the forward passes: the last prompt position, where a left-padded prompt ends
+    prompt_len = before["prompts"].shape[1]
+    assert pad["attention_mask"].sum() == 1 and pad["attention_mask"][prompt_len - 1] == 1
+    assert before["attention_mask"][14].sum() > 1
     assert padded.non_tensor_batch["uid"][15] == f"{PAD_UID_PREFIX}15"  # position-based: passes never collide
 
     padded, n_pad = pad_with_zero_weight_rows(merged, 6)
@@ -402,6 +406,23 @@ def test_pad_rows_are_inert_copies_with_their_own_uids():
     pad_uids = padded.non_tensor_batch["uid"][15:].tolist()
     assert len(set(pad_uids)) == 3 and not set(pad_uids) & set(uids_before.tolist())
     assert padded.batch["response_mask"][15:].sum() == 0 and padded.batch[HPT_ROW_WEIGHT][15:].tolist() == [0.0] * 3
+
+
+def test_pad_rows_cost_one_token_each_and_verls_balancing_keeps_equal_shares():
+    """The tokens a padded batch sends through old log-probs and the update (its attention-mask
+    sum, what remove-padding and dynamic batch sizes process) grow by one per padding row, and
+    verl's balancer still gives every DP rank the same number of rows."""
+    from verl.utils.seqlen_balancing import get_seqlen_balanced_partitions
+
+    _, (merged, *_rest) = _merged_linear()
+    real_tokens = int(merged.batch["attention_mask"].sum())
+    padded, n_pad = pad_with_zero_weight_rows(merged, 8)
+    assert int(padded.batch["attention_mask"].sum()) == real_tokens + n_pad
+    padded, n_pad = pad_with_zero_weight_rows(merged, 12)
+    assert n_pad == 9 and int(padded.batch["attention_mask"].sum()) == real_tokens + 9
+    seqlens = padded.batch["attention_mask"].sum(-1).tolist()
+    parts = get_seqlen_balanced_partitions(seqlens, k_partitions=4, equal_size=True)
+    assert sorted(len(p) for p in parts) == [6, 6, 6, 6]
 
 
 def test_pad_noop_cases_and_a_batch_without_hpt_keys():

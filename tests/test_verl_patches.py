@@ -137,3 +137,41 @@ def test_no_verl_patch_outside_the_patch_module():
         out = subprocess.run(["git", "grep", "--untracked", "-l", "-F", pattern, "--", "*.py", ":!tests/"],
                              cwd=REPO, capture_output=True, text=True).stdout.split()
         assert out == ["verl_ext/verl_patches.py"], (pattern, out)
+
+
+# ------------------------------------------------------------------ staged generation's chunk dispatch
+def test_agent_loop_manager_dispatch_is_the_one_the_staged_manager_repeats():
+    """``StagedRolloutManager._generate`` dispatches the workers' chunks as verl's manager does and
+    only adds the key alignment verl's concatenation lacks across chunks."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopManager, AgentLoopWorker
+
+    src = inspect.getsource(AgentLoopManager.generate_sequences)
+    assert "prompts.chunk(len(self.agent_loop_workers))" in src
+    assert "worker.generate_sequences.remote(chunk)" in src
+    assert "DataProto.concat(outputs)" in src
+    assert 'output.meta_info.pop("metrics")' in src and "self._performance_metrics(metrics, output)" in src
+    assert list(inspect.signature(AgentLoopManager._performance_metrics).parameters) == ["self", "metrics", "output"]
+    # within a chunk verl fills missing extra fields with None; across chunks it does not
+    post = inspect.getsource(AgentLoopWorker._postprocess)
+    assert "input.extra_fields.get(key) for input in inputs" in post
+
+
+def test_staged_dispatch_aligns_extra_fields_that_verls_concat_refuses():
+    """Two chunks with different extra fields (a plain row's and a whole-demonstration row's): verl's
+    concatenation raises, the staged manager's alignment makes them one batch with None filled in."""
+    import numpy as np
+    from verl import DataProto
+
+    from verl_ext.hpt.staged_rollout import _align_non_tensor_keys
+
+    def chunk(**fields):
+        return DataProto.from_dict(tensors={"x": torch.zeros(1, 2)},
+                                   non_tensors={k: np.asarray([v], dtype=object) for k, v in fields.items()})
+
+    plain, demo = chunk(global_steps=3, num_cached_tokens=0), chunk(hpt_prefix_len=5)
+    with pytest.raises(AssertionError, match="not present"):
+        DataProto.concat([plain, demo])
+    _align_non_tensor_keys([plain, demo])
+    out = DataProto.concat([plain, demo])
+    assert list(out.non_tensor_batch["hpt_prefix_len"]) == [None, 5]
+    assert list(out.non_tensor_batch["global_steps"]) == [3, None]

@@ -37,8 +37,9 @@ Demonstration rows themselves (usable, tokens, layout) are :mod:`verl_ext.hpt.de
 this module chooses the rows per question, flags them and pads the batch.
 
 Padding rows (:func:`pad_with_zero_weight_rows`) keep verl's divisibility requirements without
-changing what is learned: each is a copy of a real row with ``response_mask`` = 0 (no loss
-token, not counted in any token total), ``hpt_row_weight`` = 0 and a uid of its own.
+changing what is learned or costing tokens: each has a real row's shapes but a one-token sequence
+(the attention mask keeps only the last prompt position), ``response_mask`` = 0 (no loss token, not
+counted in any token total), ``hpt_row_weight`` = 0 and a uid of its own.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from verl import DataProto
 
 from verl_ext.hpt.demonstrations import build_demo_rows
 from verl_ext.hpt.gate import PLACEMENTS, QuestionStats
-from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
+from verl_ext.loss.batch_keys import HPT_PREFIX_MASK, HPT_ROW_KIND, HPT_ROW_WEIGHT, RowKind
 from verl_ext.loss.config import DEMO_ARMS
 
 DEMO_UID_SUFFIX = "::demo"
@@ -199,9 +200,16 @@ def merge_demonstrations(batch: DataProto, stats: QuestionStats, alpha: np.ndarr
 
 
 def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProto, int]:
-    """(a new batch: ``batch`` + copies of its last row, inert for the loss, until the length is a
-    multiple of ``multiple``; the number of rows added). ``batch`` itself is left unchanged; with
-    nothing to add it is returned as is (n = 0)."""
+    """(a new batch: ``batch`` + inert rows until the length is a multiple of ``multiple``; the
+    number of rows added). ``batch`` itself is left unchanged; with nothing to add it is returned as
+    is (n = 0).
+
+    A padding row has the last row's shapes and keys, but its ``attention_mask`` keeps one token
+    (the last prompt position, where a left-padded prompt ends) and its response is empty: under
+    ``use_remove_padding`` (every GPU config) and dynamic batch sizes the old-log-prob pass and the
+    update see one token per padding row instead of a full copy of a real row, and verl's balancing
+    (which weighs rows by their attention-mask sum, equal row counts per rank) places them as the
+    near-empty rows they are. Without remove-padding the forward is over the padded width anyway."""
     if multiple <= 1 or len(batch) % multiple == 0:
         return batch, 0
     n_pad = multiple - len(batch) % multiple
@@ -211,6 +219,13 @@ def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProt
     idx = np.full(n_pad, len(batch) - 1, dtype=np.int64)
     pad = batch.select_idxs(idx)
     pad.batch["response_mask"] = torch.zeros_like(pad.batch["response_mask"])
+    prompt_len = pad.batch["prompts"].shape[1] if "prompts" in pad.batch.keys() else None
+    if prompt_len:
+        attention = torch.zeros_like(pad.batch["attention_mask"])  # (n_pad, P+R)
+        attention[:, prompt_len - 1] = 1  # one token: the sequence a padding row costs
+        pad.batch["attention_mask"] = attention
+    if HPT_PREFIX_MASK in pad.batch.keys():
+        pad.batch[HPT_PREFIX_MASK] = torch.zeros_like(pad.batch[HPT_PREFIX_MASK])
     if "rm_scores" in pad.batch.keys():
         pad.batch["rm_scores"] = torch.zeros_like(pad.batch["rm_scores"])
     for key in ("advantages", "returns", "token_level_scores", "token_level_rewards"):

@@ -20,10 +20,13 @@ prefix tokens at the start of a prefix row's response, 0 elsewhere (plain rows, 
 question without a usable demonstration draws that stage's rows plainly.
 
 verl contract relied on (0.9.1): ``AgentLoopManager.generate_sequences`` splits its batch into
-``len(agent_loop_workers)`` equal chunks, so each stage's request is padded to a multiple of that
-with verl's ``pad_dataproto_to_divisor`` (those rows are generated and dropped, counted as
-``rows_padding``); the agent loop fills ``rm_scores`` when the reward runs in it (the HPT trainer
-needs that anyway, see ``unsupported_settings``).
+``len(agent_loop_workers)`` equal chunks, one per worker, so each stage's request is padded to a
+multiple of that with verl's ``pad_dataproto_to_divisor`` (those rows are generated and dropped,
+counted as ``rows_padding``). With several workers this manager dispatches the chunks itself, as
+verl does, and aligns the rows' extra fields across them (:meth:`StagedRolloutManager._generate`:
+verl aligns them within a chunk only, and a stage mixes agent loops with different fields); the
+agent loop fills ``rm_scores`` when the reward runs in it (the HPT trainer needs that anyway, see
+``unsupported_settings``). ``tests/test_verl_patches.py`` checks that dispatch against verl's source.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class StagedRolloutManager:
                 prio = np.array(request.non_tensor_batch["priority"], dtype=np.int64)
                 prio[-pad:] = total + self.last_padding_rows + np.arange(pad)
                 request.non_tensor_batch["priority"] = prio
-            out = unpad_dataproto(self.inner.generate_sequences(request), pad)
+            out = unpad_dataproto(self._generate(request), pad)
             for key in (PREFIX_IDS_KEY, PREFIX_LEN_KEY):
                 out.non_tensor_batch.pop(key, None)
             if lens.any():
@@ -164,6 +167,32 @@ class StagedRolloutManager:
         full.meta_info["timing"] = timing
         return full
 
+
+    def _generate(self, request: DataProto) -> DataProto:
+        """One generation call: verl's ``AgentLoopManager.generate_sequences`` (0.9.1), with the rows'
+        extra fields made equal across the agent-loop workers' chunks.
+
+        verl hands each worker a contiguous chunk, makes the extra fields equal *within* the chunk
+        (``AgentLoopWorker._postprocess`` fills a key some rows lack with None) and then concatenates
+        the chunks, asserting equal keys. A stage mixes rows whose agent loops return different
+        fields: plain rows (verl's single-turn loop, no ``hpt_prefix_len``), prefix rows, and
+        whole-demonstration rows that make no server call (so none of the server's fields such as
+        ``global_steps``). With more than one worker a chunk can hold one kind only, and verl's
+        concatenation fails. Here the chunks are dispatched as verl does and their keys aligned
+        (:func:`_align_non_tensor_keys`) before the concatenation; the timing metrics are verl's own.
+        """
+        workers = list(getattr(self.inner, "agent_loop_workers", None) or [])
+        if len(workers) <= 1 or not hasattr(self.inner, "_performance_metrics"):
+            return self.inner.generate_sequences(request)
+        import ray
+
+        chunks = request.chunk(len(workers))
+        outputs = ray.get([w.generate_sequences.remote(c) for w, c in zip(workers, chunks, strict=True)])
+        metrics = [o.meta_info.pop("metrics") for o in outputs]  # per chunk: one dict per row
+        _align_non_tensor_keys(outputs)
+        output = DataProto.concat(outputs)
+        output.meta_info = {"timing": self.inner._performance_metrics(metrics, output), **outputs[0].meta_info}
+        return output
 
     def _attach_prefixes(self, request: DataProto, rows: np.ndarray, fractions: np.ndarray) -> np.ndarray:
         """Give ``request``'s rows with a prefix fraction > 0 the prefix agent loop and their prefix ids
