@@ -282,24 +282,160 @@ def test_padding_rows_are_placed_by_the_balancer(char_tok, monkeypatch):
 
 
 # ------------------------------------------------------------------ 1. attention implementation
-def test_flash_attention_without_flash_attn_is_a_start_up_error(monkeypatch):
+FLASH_ATTN_NAMES = ("flash_attn", "flash_attn_2_cuda")
+
+
+@pytest.fixture
+def fake_flash_attn(tmp_path, monkeypatch):
+    """make(init=..., ext=...): a flash_attn package (and its top-level compiled extension
+    ``flash_attn_2_cuda``, as the wheel installs it) written to a folder put first on sys.path; the
+    modules are dropped from sys.modules before and after, so each test imports its own."""
+    import sys
+
+    def drop():
+        return {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in FLASH_ATTN_NAMES}
+
+    saved = drop()
+
+    def make(init: str = "from flash_attn_2_cuda import fwd  # noqa\n", ext: str = "def fwd():\n    pass\n"):
+        root = tmp_path / "site"
+        (root / "flash_attn").mkdir(parents=True)
+        (root / "flash_attn" / "__init__.py").write_text(init)
+        (root / "flash_attn" / "bert_padding.py").write_text("def unpad_input():\n    pass\n")
+        (root / "flash_attn_2_cuda.py").write_text(ext)
+        monkeypatch.syspath_prepend(str(root))
+        return root
+
+    yield make
+    drop()
+    sys.modules.update(saved)
+
+
+def _gpu_cfg(**model):
+    return OmegaConf.create({"actor_rollout_ref": {"model": {"path": "m", **model}, "actor": {}},
+                             "trainer": {"device": "cuda"}})
+
+
+def test_flash_attention_without_flash_attn_is_a_start_up_error(monkeypatch, fake_flash_attn):
     from verl_ext.hpt.environment import check_attention_implementation
 
-    cfg = OmegaConf.create({"actor_rollout_ref": {"model": {"path": "m"}}, "trainer": {"device": "cuda"}})
+    cfg = _gpu_cfg()
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "flash_attn" else object())
     with pytest.raises(ValueError) as err:
         check_attention_implementation(cfg)  # verl's default: flash_attention_2
     msg = str(err.value)
-    assert "flash_attn" in msg and "pip install flash-attn" in msg
+    assert "flash_attn package is not installed" in msg and "pip install flash-attn" in msg
     assert "+actor_rollout_ref.model.override_config.attn_implementation=sdpa" in msg
-    ok = OmegaConf.create({"actor_rollout_ref": {"model": {"path": "m", "override_config":
-                                                           {"attn_implementation": "sdpa"}}},
-                           "trainer": {"device": "cuda"}})
+    ok = _gpu_cfg(override_config={"attn_implementation": "sdpa"})
     check_attention_implementation(ok)
     ok.actor_rollout_ref.model.use_remove_padding = True  # remove padding unpads with flash_attn on GPU
     with pytest.raises(ValueError, match="use_remove_padding=true"):
         check_attention_implementation(ok)
     cpu = OmegaConf.create({"actor_rollout_ref": {"model": {"path": "m"}}, "trainer": {"device": "cpu"}})
     check_attention_implementation(cpu)  # the CPU platform never uses flash_attn
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
-    check_attention_implementation(cfg)  # flash_attn installed: verl's default works
+    monkeypatch.undo()
+    fake_flash_attn()  # a flash_attn that imports, extension and bert_padding included
+    check_attention_implementation(cfg)  # verl's default works
+    check_attention_implementation(ok)
+
+
+def test_a_flash_attn_built_for_another_torch_is_a_start_up_error_quoting_the_import(fake_flash_attn):
+    """Installed but not importable (a wheel for another torch/CUDA: its extension has an undefined
+    symbol). A presence check passed this, and the workers then died on the ImportError."""
+    from verl_ext.hpt.environment import check_attention_implementation
+
+    symbol = "flash_attn_2_cuda.cpython-311-x86_64-linux-gnu.so: undefined symbol: _ZN3c104cuda9SetDeviceEi"
+    fake_flash_attn(init=f"raise ImportError({symbol!r})\n")
+    with pytest.raises(ValueError) as err:
+        check_attention_implementation(_gpu_cfg())
+    msg = str(err.value)
+    assert symbol in msg and "`import flash_attn` raised ImportError" in msg
+    assert "--force-reinstall" in msg and "attn_implementation=sdpa" in msg
+    with pytest.raises(ValueError, match="undefined symbol"):
+        check_attention_implementation(_gpu_cfg(override_config={"attn_implementation": "sdpa"},
+                                                use_remove_padding=True))
+
+
+def test_a_broken_compiled_extension_is_caught_even_when_the_package_imports(fake_flash_attn):
+    """A lazily importing flash_attn/__init__ passes `import flash_attn`; the extension itself must load."""
+    from verl_ext.hpt.environment import flash_attn_import_error
+
+    fake_flash_attn(init="", ext="raise ImportError('libcudart.so.11.0: cannot open shared object file')\n")
+    err = flash_attn_import_error()
+    assert "`import flash_attn_2_cuda` raised ImportError: libcudart.so.11.0" in err
+
+
+@pytest.mark.parametrize("key", ["ulysses_sequence_parallel_size", "fsdp_config.ulysses_sequence_parallel_size"])
+def test_ulysses_sequence_parallel_gets_a_fix_verl_accepts(monkeypatch, key):
+    """verl refuses use_remove_padding=false with Ulysses > 1 (FSDPActorConfig.validate, the FSDP engine),
+    so the usual fallback cannot be the advice there: it must also say to drop sequence parallelism."""
+    from verl.workers.config.actor import FSDPActorConfig
+
+    from verl_ext.hpt.environment import check_attention_implementation
+
+    cfg = _gpu_cfg()
+    OmegaConf.update(cfg, f"actor_rollout_ref.actor.{key}", 2)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "flash_attn" else object())
+    with pytest.raises(ValueError) as err:
+        check_attention_implementation(cfg)
+    msg = str(err.value)
+    full_key = f"actor_rollout_ref.actor.{key}"
+    assert f"{full_key}=2" in msg and f"`{full_key}=1` together with" in msg
+    assert "actor_rollout_ref.model.use_remove_padding=false" in msg and "pip install flash-attn" in msg
+    # what verl says about the plain fallback with sequence parallelism (the reason for the advice)
+    actor = FSDPActorConfig(strategy="fsdp", ulysses_sequence_parallel_size=2, ppo_mini_batch_size=2,
+                            ppo_micro_batch_size_per_gpu=1, rollout_n=1)
+    with pytest.raises(ValueError, match="use_remove_padding"):
+        actor.validate(n_gpus=2, train_batch_size=2, model_config={"use_remove_padding": False})
+    # SDPA with sequence parallelism would attend within each rank's slice: refused, whatever is installed
+    sdpa = _gpu_cfg(override_config={"attn_implementation": "sdpa"}, use_remove_padding=True)
+    OmegaConf.update(sdpa, f"actor_rollout_ref.actor.{key}", 2)
+    with pytest.raises(ValueError, match=f"{full_key}=1"):
+        check_attention_implementation(sdpa)
+
+
+# ------------------------------------------------------------------ verl's data metrics: the rollouts'
+def test_verls_score_and_length_metrics_describe_the_sampled_rollouts_not_the_trained_batch(char_tok):
+    """16 rollouts, 8 of them correct (4 questions: 0, 1, 3, 4 of 4); γ = 0.5 gates q0 and q1 to SFT.
+    verl's ``critic/score/mean`` etc. as ``fit`` computes them after the update must be the rollouts'
+    (pass rate 0.5), not the trained batch's (q2, q3's 7 of 8 correct rollouts + 2 demonstrations
+    scored 1 + padding), which goes under ``hpt/trained/``."""
+    from verl.trainer.ppo import ray_trainer
+
+    from verl_ext.verl_patches import install_rollout_data_metrics
+
+    install_rollout_data_metrics()
+    batch = make_rollout_batch([(4, 0), (4, 1), (4, 3), (4, 4)], seed=5)
+    lengths = batch.batch["response_mask"].sum(-1).float()  # (16,)
+    prompt_lengths = batch.batch["attention_mask"][:, :batch.batch["prompts"].shape[1]].sum(-1).float()
+    t = _trainer(char_tok, mini=2)
+    metrics = {}
+    t._balance_batch(batch, metrics)
+    demo = batch.batch[HPT_ROW_KIND] > 0
+    live = batch.batch[HPT_ROW_WEIGHT] > 0
+    assert int(demo.sum()) == 2 and int((~live).sum()) > 0  # both arms and padding rows
+    # what fit has by the time it logs: rewards, advantages, returns of the trained batch
+    scores = batch.batch["rm_scores"]
+    batch.batch["token_level_scores"] = scores
+    batch.batch["token_level_rewards"] = scores
+    batch.batch["advantages"] = torch.zeros_like(scores)
+    batch.batch["returns"] = torch.zeros_like(scores)
+    logged = ray_trainer.compute_data_metrics(batch=batch, use_critic=False)
+
+    assert logged["critic/score/mean"] == pytest.approx(0.5)  # 8 / 16 rollouts
+    assert logged["critic/rewards/mean"] == pytest.approx(0.5)
+    assert logged["critic/score/min"] == 0.0 and logged["critic/score/max"] == 1.0
+    assert logged["response_length/mean"] == pytest.approx(float(lengths.mean()))
+    assert logged["response_length/max"] == pytest.approx(float(lengths.max()))
+    assert logged["prompt_length/mean"] == pytest.approx(float(prompt_lengths.mean()))
+    # the trained batch under hpt/trained/: 7 of 8 kept rollouts and the 2 demonstrations, padding left out
+    demo_score = float(scores[demo].sum(-1).mean())
+    assert metrics["hpt/trained/critic/score/mean"] == pytest.approx((7 + 2 * demo_score) / 10)
+    assert metrics["hpt/trained/response_length/mean"] == pytest.approx(
+        float(batch.batch["response_mask"][live].sum(-1).float().mean()))
+    # what verl alone logs under critic/score/mean is the trained batch's value (its empty padding
+    # rows count as aborted and drop out): now hpt/trained/critic/score/mean, 0.9 against the rollouts' 0.5
+    from verl.trainer.ppo.metric_utils import compute_data_metrics as verl_metrics
+
+    unpatched = verl_metrics(batch=batch, use_critic=False)["critic/score/mean"]
+    assert unpatched == pytest.approx(metrics["hpt/trained/critic/score/mean"]) == pytest.approx(0.9)

@@ -118,6 +118,14 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, arith_data_dir,
     (part / "latest_checkpointed_iteration.txt").write_text("2")
     _ok(_launch(_overrides(tiny_model_dir, arith_data_dir, part, 3, bad_train) + common, tmp_path / "part.jsonl"))
 
+    # The same checkpoint moved to another folder and resumed from there (trainer.resume_from_path),
+    # the run's own folder new and empty: HPT's state comes from where verl loaded the weights.
+    moved, elsewhere = tmp_path / "moved", tmp_path / "elsewhere"
+    shutil.copytree(full / "global_step_2", elsewhere / "global_step_2")
+    _ok(_launch(_overrides(tiny_model_dir, arith_data_dir, moved, 3, bad_train) + common + [
+        "trainer.resume_mode=resume_path", f"trainer.resume_from_path={elsewhere / 'global_step_2'}"],
+        tmp_path / "moved.jsonl"))
+
     m_full = [m for m in read_metrics(tmp_path / "full.jsonl") if "actor/pg_loss" in m]
     m_res = [m for m in read_metrics(tmp_path / "part.jsonl") if "actor/pg_loss" in m]
     assert [m["step"] for m in m_full] == [1, 2, 3] and [m["step"] for m in m_res] == [3]
@@ -149,6 +157,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, arith_data_dir,
     assert any(not all(d["sft"]) for d in s_full["gate_decisions"].values())  # both arms used
     for key in ("questions", "gated", "steps", "demo_missing", "skipped_steps"):
         assert s_full[key] == s_res[key], key
+    s_moved = json.loads((moved / "global_step_3" / "hpt_state.json").read_text())
+    assert s_moved == s_res, "a resume from trainer.resume_from_path lost HPT's gate statistics or counters"
+    assert s_moved["steps"] == 3 and set(s_moved["gate_decisions"]) == {"1", "2", "3"}
     for key in ("hpt/sft_question_share", "critic/score/mean", "hpt/rows/demo", "hpt/rows/rollout",
                 "response_length/mean", "actor/entropy", "actor/pg_loss"):
         assert m_full[2][key] == m_res[0][key], key

@@ -132,7 +132,7 @@ def test_guard_norm_equals_verls_pre_clip_norm_on_a_plain_module():
 def test_no_verl_patch_outside_the_patch_module():
     """The upstream names the patches touch appear in project code only in verl_patches.py."""
     patterns = ["_ROLLOUT_REGISTRY", "initialize_global_process_group_ray", ".optimizer_step =",
-                ".forward_backward_batch =", ".train_batch ="]
+                ".forward_backward_batch =", ".train_batch =", ".compute_data_metrics ="]
     for pattern in patterns:
         out = subprocess.run(["git", "grep", "--untracked", "-l", "-F", pattern, "--", "*.py", ":!tests/"],
                              cwd=REPO, capture_output=True, text=True).stdout.split()
@@ -175,3 +175,38 @@ def test_staged_dispatch_aligns_extra_fields_that_verls_concat_refuses():
     out = DataProto.concat([plain, demo])
     assert list(out.non_tensor_batch["hpt_prefix_len"]) == [None, 5]
     assert list(out.non_tensor_batch["global_steps"]) == [3, None]
+
+
+# ------------------------------------------------------------------ 4. verl's data metrics of the rollouts
+def test_fit_logs_the_module_level_compute_data_metrics_after_the_update():
+    """``fit`` looks ``compute_data_metrics`` up in its module at call time (the patch rebinds that
+    name) and calls it on the batch that went through the hook, after the update."""
+    from verl.trainer.ppo import ray_trainer
+
+    src = inspect.getsource(ray_trainer.RayPPOTrainer.fit)
+    call = "metrics.update(compute_data_metrics(batch=batch, use_critic=self.use_critic))"
+    assert call in src
+    assert src.index("self._balance_batch(batch, metrics=metrics)") < src.index("self._update_actor(batch)") \
+        < src.index(call) < src.index("logger.log(data=metrics, step=self.global_steps)")
+    assert "compute_data_metrics," in inspect.getsource(ray_trainer).split("class ")[0]  # a module-level import
+
+
+def test_rollout_data_metrics_patch_overrides_only_batches_that_carry_them():
+    import numpy as np
+    from verl import DataProto
+    from verl.trainer.ppo import ray_trainer
+
+    verl_patches.install_rollout_data_metrics()
+    verl_patches.install_rollout_data_metrics()  # idempotent
+    assert getattr(ray_trainer.compute_data_metrics, verl_patches._METRICS_PATCHED_FLAG)
+    scores = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    ones = torch.ones(2, 2, dtype=torch.long)
+    batch = DataProto.from_dict(tensors={
+        "token_level_scores": scores, "token_level_rewards": scores, "advantages": scores, "returns": scores,
+        "prompts": ones, "responses": ones, "response_mask": ones,
+        "attention_mask": torch.ones(2, 4, dtype=torch.long)},
+        non_tensors={"uid": np.array(["a", "b"], dtype=object)})
+    assert ray_trainer.compute_data_metrics(batch=batch, use_critic=False)["critic/score/mean"] == 0.5
+    batch.meta_info[verl_patches.ROLLOUT_DATA_METRICS] = {"critic/score/mean": 0.125}
+    out = ray_trainer.compute_data_metrics(batch=batch, use_critic=False)
+    assert out["critic/score/mean"] == 0.125 and out["critic/advantages/mean"] == 0.25  # verl's own

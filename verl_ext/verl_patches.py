@@ -2,7 +2,7 @@
 
 Everything else plugs in through what verl offers for it: the platform registry (``cpu``), the
 rollout-replica registry (``hf``), the policy-loss registry (``upge*``), the actor's ``set_loss_fn``
-and the trainer's overridable methods (``recipe/hpt/hpt_ray_trainer.py``). The three patches below
+and the trainer's overridable methods (``recipe/hpt/hpt_ray_trainer.py``). The four patches below
 have no public hook in verl 0.9.1. Each names the upstream behaviour it relies on; the module
 checks the verl version it was written for (:data:`VERL_VERSION`) and ``tests/test_verl_patches.py``
 fails when one of those upstream contracts changes (it reads verl's source and signatures).
@@ -23,6 +23,13 @@ fails when one of those upstream contracts changes (it reads verl's source and s
    :func:`_total_grad_norm` repeats the three norm branches of ``FSDPEngine.optimizer_step``
    (FSDP1 / FSDP2 / plain module) with ``max_norm = inf`` and reads the norm of the *unscaled*
    gradients under fp16 (verl unscales inside ``optimizer_step``, after the guard has run).
+4. :func:`install_rollout_data_metrics` -- ``verl.trainer.ppo.ray_trainer.compute_data_metrics``.
+   ``fit`` computes verl's data metrics (``critic/score/*``, ``response_length/*``, ...) on the
+   trained batch after the update and logs them with no hook in between. On HPT's merged batch
+   they would mix the RL-gated rollouts with the demonstration rows, and rise whenever the gate
+   sends more questions to SFT. The patched name returns verl's values updated with the batch's
+   ``meta_info[ROLLOUT_DATA_METRICS]`` (the same metrics of the step's sampled rollouts, which the
+   HPT trainer puts there in its ``_balance_batch`` hook); a batch without it is untouched.
 """
 
 from __future__ import annotations
@@ -222,3 +229,26 @@ def install_step_guard(engine, grad_norm_threshold: Optional[float] = None) -> N
     engine.forward_backward_batch = forward_backward_batch
     engine.optimizer_step = optimizer_step
     engine.train_batch = train_batch
+
+
+# ------------------------------------------------------------------ 4. verl's data metrics of the rollouts
+ROLLOUT_DATA_METRICS = "hpt_rollout_data_metrics"  # batch.meta_info key: {verl metric key: the rollouts' value}
+_METRICS_PATCHED_FLAG = "_hpt_rollout_metrics_patched"
+
+
+def install_rollout_data_metrics() -> None:
+    """Make ``fit``'s ``compute_data_metrics`` report the sampled rollouts' values where the batch
+    carries them (see the module docstring). Idempotent; a no-op for batches of other trainers."""
+    from verl.trainer.ppo import ray_trainer
+
+    original = ray_trainer.compute_data_metrics
+    if getattr(original, _METRICS_PATCHED_FLAG, False):
+        return
+
+    def compute_data_metrics(batch, use_critic: bool = True):
+        out = original(batch=batch, use_critic=use_critic)
+        out.update(batch.meta_info.get(ROLLOUT_DATA_METRICS) or {})
+        return out
+
+    setattr(compute_data_metrics, _METRICS_PATCHED_FLAG, True)
+    ray_trainer.compute_data_metrics = compute_data_metrics

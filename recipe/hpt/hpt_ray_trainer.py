@@ -90,9 +90,10 @@ from verl_ext.hpt.demonstrations import (
 from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 from verl_ext.hpt.staged_rollout import drop_placeholders
 from verl_ext.hpt.stages import SAMPLED_KEY, generation_accounting
-from verl_ext.hpt.metrics import hpt_step_metrics
+from verl_ext.hpt.metrics import TRAINED_PREFIX, hpt_step_metrics, scored_data_metrics
 from verl_ext.loss.batch_keys import HPT_PREFIX_MASK, HPT_ROW_KIND, RowKind
-from verl_ext.verl_patches import SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW
+from verl_ext.verl_patches import (ROLLOUT_DATA_METRICS, SKIP_GRAD_NORM, SKIP_NONFINITE, SKIP_OVERFLOW,
+                                   install_rollout_data_metrics)
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class RayHPTTrainer(RayPPOTrainer):
         problems = unsupported_settings(self.config)
         if problems:
             raise ValueError("HPT cannot run this configuration:\n- " + "\n- ".join(problems))
+        install_rollout_data_metrics()  # fit's critic/score/*, response_length/*: the rollouts' (hook 1)
         hpt = HPTConfig.from_config(self.config)
         self.gate_config = hpt.gate
         self.demo_field = hpt.demo_field
@@ -281,6 +283,7 @@ class RayHPTTrainer(RayPPOTrainer):
         the key must stay for every row or verl drops the mismatch metric and rollout correction for
         the whole step; ``_compute_old_log_prob`` overwrites it with the actor's own log-probs."""
         drawn, stopped_uids = drop_placeholders(batch)
+        self._record_data_metrics(batch, drawn)
         stats, question_ids, alpha, beta = self._gate(drawn, stopped_uids, metrics)
         demos, alpha, beta = self._demonstrations(drawn, stats, alpha, beta, question_ids)
         merged, mstats = merge_demonstrations(
@@ -288,7 +291,18 @@ class RayHPTTrainer(RayPPOTrainer):
             demo_scores=demos.scores, demo_extra=demos.extra, demo_arms=self.gate_config.demo_arms)
         self._record_step(metrics, merged, stats, mstats, alpha, beta, demos, question_ids)
         self._record_generation(metrics, batch, stats, alpha)
+        # the trained batch's scores and lengths (before padding) under hpt/trained/
+        metrics.update({TRAINED_PREFIX + k: v for k, v in scored_data_metrics(merged).items()})
         return merged
+
+    def _record_data_metrics(self, batch: DataProto, drawn: DataProto) -> None:
+        """verl's data metrics (``critic/score/*``, ``response_length/*``, ...) of every rollout the
+        policy sampled this step, before the gate: carried in ``batch.meta_info`` to ``fit``'s
+        ``compute_data_metrics`` (:func:`verl_ext.verl_patches.install_rollout_data_metrics`), which
+        would otherwise compute them on the trained batch (verl's ``critic/advantages/*`` and
+        ``critic/returns/*`` stay those of the trained rows)."""
+        use_kl = bool((self.config.get("algorithm", None) or {}).get("use_kl_in_reward", False))
+        batch.meta_info[ROLLOUT_DATA_METRICS] = scored_data_metrics(drawn, with_rewards=not use_kl)
 
     def _gate(self, batch: DataProto, stopped_uids: Optional[np.ndarray], metrics: dict):
         """Phase 1: per-question statistics of the drawn rollouts' scores and the gate's (α, β).
@@ -657,10 +671,7 @@ class RayHPTTrainer(RayPPOTrainer):
     def _load_checkpoint(self):
         out = super()._load_checkpoint()
         if self.global_steps:
-            folder = self.config.trainer.default_local_dir
-            if not os.path.isabs(folder):
-                folder = os.path.join(os.getcwd(), folder)
-            path = os.path.join(folder, f"global_step_{self.global_steps}", HPT_STATE_FILE)
+            path = os.path.join(loaded_checkpoint_folder(self.config.trainer, self.global_steps), HPT_STATE_FILE)
             if os.path.exists(path):
                 with open(path) as f:
                     self.hpt_state.update(json.load(f))
@@ -668,6 +679,18 @@ class RayHPTTrainer(RayPPOTrainer):
             else:
                 print(f"HPT: no {HPT_STATE_FILE} in the checkpoint; gate statistics restart from zero")
         return out
+
+
+def loaded_checkpoint_folder(trainer_config, global_steps: int) -> str:
+    """The ``global_step_<n>`` folder verl's ``_load_checkpoint`` (0.9.1) resumed from: with
+    ``trainer.resume_mode=resume_path`` the ``trainer.resume_from_path`` folder (which may lie
+    outside ``default_local_dir``), otherwise ``default_local_dir/global_step_<n>``; relative paths
+    from the working directory, as verl resolves them."""
+    if str(trainer_config.get("resume_mode", "auto")) == "resume_path" and trainer_config.get("resume_from_path"):
+        folder = str(trainer_config.resume_from_path)
+    else:
+        folder = os.path.join(str(trainer_config.default_local_dir), f"global_step_{global_steps}")
+    return folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder)
 
 
 def _replace_in_place(target: DataProto, source: DataProto) -> None:

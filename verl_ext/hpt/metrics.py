@@ -40,3 +40,35 @@ def hpt_step_metrics(merged, stats, alpha: np.ndarray, beta: np.ndarray, state: 
     m["hpt/demo_truncated"] = truncated
     m["hpt/cumulative/sft_question_share"] = state["gated"] / max(state["questions"], 1)
     return m
+
+
+# verl's data metrics (``verl.trainer.ppo.metric_utils.compute_data_metrics``) that describe what the
+# policy generated: scores, rewards and lengths. ``fit`` computes them on the trained batch (kept
+# rollouts + demonstration rows + padding); HPT logs them for the step's sampled rollouts instead and
+# the trained batch's under ``hpt/trained/``. Advantages and returns exist for trained rows only and stay verl's.
+ROLLOUT_DATA_PREFIXES = ("critic/score/", "critic/rewards/", "response_length/", "response_length_non_aborted/",
+                         "response/aborted_ratio", "prompt_length/", "num_turns/", "tool_call_counts/")
+TRAINED_PREFIX = "hpt/trained/"
+
+
+def scored_data_metrics(batch, with_rewards: bool = True) -> dict:
+    """verl's own ``compute_data_metrics`` of a batch as it is in the ``_balance_batch`` hook (each
+    row's verified score in ``rm_scores``; no KL penalty, advantages or returns yet), restricted to
+    :data:`ROLLOUT_DATA_PREFIXES`. ``with_rewards=False`` leaves out ``critic/rewards/*`` (with
+    ``algorithm.use_kl_in_reward`` a reward is the score minus a KL penalty computed later, on the
+    trained rows only)."""
+    from verl import DataProto
+    from verl.trainer.ppo.metric_utils import compute_data_metrics
+
+    td = batch.batch
+    scores = td["rm_scores"].float()  # (B, R): the score on the last response token
+    zeros = torch.zeros_like(scores)
+    view = DataProto.from_dict(
+        tensors={"token_level_scores": scores, "token_level_rewards": scores, "advantages": zeros, "returns": zeros,
+                 "prompts": td["prompts"], "responses": td["responses"], "response_mask": td["response_mask"],
+                 "attention_mask": td["attention_mask"]},
+        non_tensors={k: batch.non_tensor_batch[k] for k in ("__num_turns__", "tool_call_counts")
+                     if k in batch.non_tensor_batch})
+    out = compute_data_metrics(view, use_critic=False)
+    return {k: v for k, v in out.items() if k.startswith(ROLLOUT_DATA_PREFIXES)
+            and (with_rewards or not k.startswith("critic/rewards/"))}
