@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -371,6 +372,84 @@ def test_patch_rope_copy(tmp_path):
     assert theta == 40000.0
     patch(str(src), str(dst))  # idempotent
     assert json.loads((dst / "config.json").read_text())["rope_theta"] == 40000.0
+
+
+QWEN_MATH_CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+                    "num_hidden_layers": 1, "vocab_size": 300, "rope_theta": 10000.0, "max_position_embeddings": 4096}
+
+
+def fake_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes | str] | None = None,
+                   revision: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """A Hugging Face hub cache holding one model snapshot, laid out as huggingface_hub writes it
+    (``models--Org--Name/snapshots/<commit>/...`` and ``refs/main``), so that with ``HF_HUB_CACHE=cache``
+    and ``HF_HUB_OFFLINE=1`` the id resolves as it would for a user who ran ``hf download <id>``.
+    Returns the snapshot folder."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / revision
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    for name, data in (files or {"config.json": json.dumps(QWEN_MATH_CONFIG)}).items():
+        (snap / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    return snap
+
+
+def _patch_rope_cli(args: list[str], cache: Path):
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(REPO / "scripts/train/patch_rope.py"), *args],
+                          capture_output=True, text=True, env=env)
+
+
+def test_patch_rope_resolves_a_hub_id_through_the_cache(tmp_path):
+    """README: MODEL=Qwen/Qwen2.5-Math-7B. The id resolves through the hub cache (offline here), and the
+    copy links to the cached snapshot's files; a missing id names the id and the download command."""
+    from transformers import AutoConfig
+
+    cache = tmp_path / "hub"
+    snap = fake_hub_cache(cache, "Qwen/Qwen2.5-Math-7B",
+                          {"config.json": json.dumps(QWEN_MATH_CONFIG), "model.safetensors": b"weights"})
+    dst = tmp_path / "models" / "Qwen2.5-Math-7B-rope40k"
+    res = _patch_rope_cli(["--src", "Qwen/Qwen2.5-Math-7B", "--dst", str(dst)], cache)
+    assert res.returncode == 0, res.stderr
+    assert (dst / "model.safetensors").is_symlink() and os.readlink(dst / "model.safetensors") == str(
+        snap / "model.safetensors")
+    loaded = AutoConfig.from_pretrained(dst)
+    assert loaded.max_position_embeddings == 16384
+    assert json.loads((snap / "config.json").read_text())["rope_theta"] == 10000.0  # the cache is untouched
+
+    res = _patch_rope_cli(["--src", "Org/Missing-Model", "--dst", str(tmp_path / "x")], cache)
+    assert res.returncode == 2 and not (tmp_path / "x").exists()
+    assert "'Org/Missing-Model'" in res.stderr and "hf download Org/Missing-Model" in res.stderr
+    assert "huggingface-cli download Org/Missing-Model" in res.stderr
+    res = _patch_rope_cli(["--src", str(tmp_path / "no-such-folder"), "--dst", str(tmp_path / "y")], cache)
+    assert res.returncode == 2 and "no such folder, and not a hub id" in res.stderr
+
+
+def _launch_model(cmd: list[str]) -> str:
+    return next(a.split("=", 1)[1] for a in cmd if a.startswith("actor_rollout_ref.model.path="))
+
+
+def test_launch_scripts_take_hub_ids():
+    """A Qwen2.5-Math id is patched into an absolute folder under MODEL_DIR (not the relative
+    "Qwen/Qwen2.5-Math-7B-rope40k"); any other id goes to verl as it is, whatever the script's MODEL_NAME."""
+    res = subprocess.run(["bash", str(REPO / "scripts/train/hpt_qwen7b.sh")], capture_output=True, text=True, cwd="/",
+                         env={**{k: v for k, v in os.environ.items() if k not in ("MODEL_NAME", "ROPE_MODEL")},
+                              "DRY_RUN": "1", "MODEL_DIR": "/models", "MODEL": "Qwen/Qwen2.5-Math-7B"})
+    assert res.returncode == 0, res.stderr
+    (cmd,) = [shlex.split(line) for line in res.stdout.splitlines() if "recipe.hpt.main_hpt" in line]
+    assert _launch_model(cmd) == "/models/Qwen2.5-Math-7B-rope40k"
+    (would,) = [line for line in res.stderr.splitlines() if line.startswith("# would run: ")]
+    assert shlex.split(would[len("# would run: "):])[2:] == ["--src", "Qwen/Qwen2.5-Math-7B", "--dst",
+                                                             "/models/Qwen2.5-Math-7B-rope40k"]
+    assert "warning" not in res.stderr
+    for script, model in (("grpo.sh", "Qwen/Qwen2.5-7B-Instruct"), ("hpt_llama8b.sh", "meta-llama/Llama-3.1-8B")):
+        (cmd,) = _dry_run(script, {"MODEL": model})
+        assert _launch_model(cmd) == model
+    (cmd,) = _dry_run("hpt_qwen7b.sh", {"MODEL": "Qwen/Qwen2.5-Math-7B", "ROPE_MODEL": "/elsewhere/q"})
+    assert _launch_model(cmd) == "/elsewhere/q"
+    (cmd,) = _dry_run("hpt_qwen7b.sh", {"MODEL": "Qwen/Qwen2.5-Math-7B", "PATCH_ROPE": "0"})
+    assert _launch_model(cmd) == "Qwen/Qwen2.5-Math-7B"
 
 
 def test_override_config_cannot_set_rope_theta():

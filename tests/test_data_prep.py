@@ -179,10 +179,52 @@ def test_prepare_openr1_cli_bad_row_exit_code(tmp_path, char_tokenizer, capsys):
     with pytest.raises(SystemExit) as e:
         prep.main(["--source", str(src), "--out", str(tmp_path / "o.parquet"), "--tokenizer", str(char_tokenizer)])
     assert e.value.code == 2
-    assert "row 1: missing field 'target'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "row 1: missing field 'target'" in err and "--no-demonstrations" in err
     rep = prep.main(["--source", str(src), "--out", str(tmp_path / "o.parquet"), "--tokenizer", str(char_tokenizer),
                      "--skip-bad"])
     assert rep["skipped_bad"] == 1 and rep["written"] == 1
+
+
+def test_prepare_openr1_no_demonstrations_reads_no_target_and_needs_no_tokenizer(tmp_path, capsys):
+    """RL-only data (stage 2 of SFT -> GRPO): rows without a usable ``target`` are written, none gets
+    extra_info.target, and the default demonstration-length limit does not ask for a tokenizer."""
+    rows = _fake_openr1_rows((5, 5, 5, 5))
+    rows[0].pop("target")
+    rows[1]["target"] = None
+    rows[2]["target"] = []  # what a demonstration run rejects as a bad row
+    src = _write_parquet(rows, tmp_path / "complement.parquet")
+    out = tmp_path / "openr1_complement.parquet"
+    prep = _load_script("scripts/data/prepare_openr1.py")
+    rep = prep.main(["--source", src, "--out", str(out), "--no-demonstrations"])
+    assert rep["written"] == 4 and rep["skipped_bad"] == 0 and rep["demonstrations"] is False
+    df = pd.read_parquet(out)
+    assert all(set(e) == {"index", "split"} for e in df["extra_info"])
+    assert [m["role"] for m in df.iloc[3]["prompt"]] == ["user"]
+    assert df.iloc[3]["reward_model"] == {"style": "rule", "ground_truth": "6"}
+    # a bad row is still one when the field it lacks is one RL reads
+    rows[3]["reward_model"] = {"style": "rule"}
+    with pytest.raises(BadRowError, match="row 3: missing field 'reward_model.ground_truth'"):
+        convert_rows(rows, max_target_tokens=None, demonstrations=False)
+    # a prompt limit still needs a tokenizer; a demonstration limit contradicts the flag
+    for extra, msg in ((["--max-prompt-tokens", "100"], "--tokenizer is required"),
+                       (["--max-target-tokens", "100"], "--max-target-tokens limits demonstrations")):
+        with pytest.raises(SystemExit) as e:
+            prep.main(["--source", src, "--out", str(out), "--no-demonstrations", *extra])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_target_tokens"):
+        convert_rows(rows, max_target_tokens=8192, demonstrations=False)
+
+
+def test_prepare_openr1_demonstration_data_still_needs_the_tokenizer(tmp_path, capsys):
+    """Without --no-demonstrations the 8192-token default stays, and so does the tokenizer it needs."""
+    src = _write_parquet(_fake_openr1_rows((5,)), tmp_path / "s.parquet")
+    prep = _load_script("scripts/data/prepare_openr1.py")
+    with pytest.raises(SystemExit) as e:
+        prep.main(["--source", src, "--out", str(tmp_path / "o.parquet")])
+    assert e.value.code == 2 and "--no-demonstrations" in capsys.readouterr().err
+    rep = prep.main(["--source", src, "--out", str(tmp_path / "o.parquet"), "--max-target-tokens", "0"])
+    assert rep["written"] == 1 and pd.read_parquet(tmp_path / "o.parquet").iloc[0]["extra_info"]["target"]
 
 
 def test_prompt_token_filter(char_tokenizer):

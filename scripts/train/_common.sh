@@ -7,7 +7,9 @@
 # Environment (all optional; defaults in brackets):
 #   NNODES [1]  GPUS_PER_NODE [8]
 #   MODEL_DIR [$HOME/models]  MODEL_NAME [per script]  MODEL [$MODEL_DIR/$MODEL_NAME]: a local
-#       folder (the Qwen2.5-Math models are copied with a patched config.json, see PATCH_ROPE)
+#       folder or a Hugging Face hub id (org/name; verl loads ids itself). MODEL_NAME picks the model
+#       family (template, data files, experiment name); the Qwen2.5-Math models are trained from a
+#       copy with a patched config.json, see PATCH_ROPE
 #   DATA_DIR [<repo>/data]
 #   TRAIN [$DATA_DIR/openr1.parquet; LLaMA: $DATA_DIR/openr1_zero.parquet]
 #   VAL_DIR [$DATA_DIR/benchmarks; LLaMA: $DATA_DIR/benchmarks_zero]
@@ -15,10 +17,13 @@
 #       in-training validation sets)
 #   CKPT_DIR [<repo>/checkpoints]  EXP_NAME [per script]: checkpoints go to $CKPT_DIR/$EXP_NAME
 #   PATCH_ROPE [auto]: 1/auto-for-Qwen2.5-Math makes $MODEL-rope40k (rope_theta 40000,
-#       max_position_embeddings 16384; scripts/train/patch_rope.py) and trains that; 0 uses $MODEL as is
-#   ROPE_MODEL [$MODEL-rope40k]: where that copy goes (symlinks + config.json)
+#       max_position_embeddings 16384; scripts/train/patch_rope.py) and trains that; 0 uses $MODEL as is.
+#       auto reads MODEL_NAME for a folder, the id itself for a hub id (Qwen/Qwen2.5-Math-7B is
+#       patched, any other id goes to verl unchanged)
+#   ROPE_MODEL [$MODEL-rope40k; hub id: $MODEL_DIR/<name>-rope40k]: where that copy goes (symlinks +
+#       config.json; for a hub id the symlinks point into the hub cache, which patch_rope.py fills)
 #   DRY_RUN [0]: 1 prints the training command (shell-quoted) instead of running it
-# Give absolute paths: the scripts cd to the repo root, and Ray workers read the files too.
+# Give absolute paths (or hub ids): the scripts cd to the repo root, and Ray workers read the files too.
 #
 # Data preparation (once; scripts/data/*.py --help):
 #   python3 scripts/data/prepare_openr1.py --source Elliott/Openr1-Math-46k-8192 \
@@ -26,7 +31,9 @@
 #   python3 scripts/data/prepare_benchmarks.py --out-dir $DATA_DIR/benchmarks
 #   LLaMA (zero template): the same with --prompt-style zero, --out $DATA_DIR/openr1_zero.parquet,
 #       --out-dir $DATA_DIR/benchmarks_zero
-#   SFT->GRPO stage 2: --source Elliott/Openr1-Math-48k-Complement --out $DATA_DIR/openr1_complement.parquet
+#   SFT->GRPO stage 2 (plain GRPO: no demonstrations, so none are read and no tokenizer is needed):
+#   python3 scripts/data/prepare_openr1.py --source Elliott/Openr1-Math-48k-Complement \
+#       --no-demonstrations --out $DATA_DIR/openr1_complement.parquet
 #
 # Multi-node (NNODES > 1): start one Ray cluster first, then launch on the head node only.
 #   head node:    ray start --head --port=6379 --num-gpus=$GPUS_PER_NODE
@@ -71,17 +78,42 @@ with_model_exp() {
   if [[ $IS_LLAMA == 1 ]]; then echo "[$1,llama_zero_template]"; else echo "$1"; fi
 }
 
+# is_hub_id PATH: whether MODEL names a Hugging Face repository (org/name) rather than a folder: it is
+# no existing path and has the id's form (an absolute or ./ path never does).
+is_hub_id() {
+  [[ ! -e $1 && $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$ ]]
+}
+
+# A hub id names the model exactly; a MODEL_NAME that names another model means the run's template,
+# data files and experiment name (all read from MODEL_NAME) are not this model's.
+MODEL_ID_NAME=${MODEL##*/}
+if is_hub_id "$MODEL" && [[ ${MODEL_ID_NAME,,} != "$(basename "${MODEL_NAME,,}")" ]]; then
+  echo "warning: MODEL=$MODEL but MODEL_NAME=$MODEL_NAME: the chat template, data files and experiment" \
+       "name follow MODEL_NAME; set MODEL_NAME=$MODEL_ID_NAME if that is the model family" >&2
+fi
+
 # Qwen2.5-Math ships rope_theta 10000 / 4096 positions; the release (after LUFFY) trains a copy
 # with rope_theta 40000 / 16384 positions so 1024 + 8192 tokens fit (configs/exp/release_gpu.yaml).
+# For a hub id the copy goes under MODEL_DIR (a path relative to the launch directory, such as
+# "Qwen/Qwen2.5-Math-7B-rope40k", would not resolve in the Ray workers), and auto decides by the id:
+# a non-Math model given as an id goes to verl as it is, whatever the script's MODEL_NAME.
 maybe_patch_rope() {
-  local want=$PATCH_ROPE
+  local want=$PATCH_ROPE name=$MODEL_NAME dst
+  if is_hub_id "$MODEL"; then
+    name=${MODEL##*/}
+    dst=${ROPE_MODEL:-$MODEL_DIR/$name-rope40k}
+  else
+    dst=${ROPE_MODEL:-${MODEL%/}-rope40k}
+  fi
   if [[ $want == auto ]]; then
-    case "${MODEL_NAME,,}" in *qwen2.5-math*) want=1 ;; *) want=0 ;; esac
+    case "${name,,}" in *qwen2.5-math*) want=1 ;; *) want=0 ;; esac
   fi
   [[ $want == 1 ]] || return 0
-  local dst="${ROPE_MODEL:-${MODEL%/}-rope40k}"
+  [[ $dst == /* ]] || dst=$REPO_ROOT/$dst  # the scripts run from the repo root; workers need the full path
   if [[ $DRY_RUN == 1 ]]; then
-    echo "# would run: python3 scripts/train/patch_rope.py --src ${MODEL} --dst ${dst}" >&2
+    printf '# would run: ' >&2
+    printf '%q ' python3 scripts/train/patch_rope.py --src "$MODEL" --dst "$dst" >&2
+    printf '\n' >&2
   else
     python3 scripts/train/patch_rope.py --src "$MODEL" --dst "$dst"
   fi

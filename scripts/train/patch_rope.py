@@ -13,9 +13,15 @@ rollout reads config.json on its own as well. Editing config.json changes both t
 vLLM consistently.
 
     python3 scripts/train/patch_rope.py --src /models/Qwen2.5-Math-7B --dst /models/Qwen2.5-Math-7B-rope40k
+    python3 scripts/train/patch_rope.py --src Qwen/Qwen2.5-Math-7B --dst /models/Qwen2.5-Math-7B-rope40k
 
-The copy holds symlinks to every file of --src except config.json, which is rewritten. Running it
-again on an up-to-date copy does nothing. --dst must be visible at the same path on every node.
+--src is a local model folder or a Hugging Face hub id. An id is resolved through the local hub
+cache (``huggingface_hub.snapshot_download``: it downloads only what the cache lacks, and with
+``HF_HUB_OFFLINE=1`` answers from the cache alone), because the README's launch line gives
+``MODEL=Qwen/Qwen2.5-Math-7B`` and verl itself accepts hub ids: the copy needs real files to link to.
+The copy holds symlinks to every file of the source folder except config.json, which is rewritten.
+Running it again on an up-to-date copy does nothing. --dst must be visible at the same path on every
+node (with an id, the hub cache it links into must be too).
 """
 
 from __future__ import annotations
@@ -37,11 +43,45 @@ def patched_config(cfg: dict, rope_theta: float, max_positions: int) -> dict:
     return out
 
 
+def _is_repo_id(src: str) -> bool:
+    """Whether ``src`` can name a hub repository (``name`` or ``org/name``); a path such as
+    ``/models/x`` or ``./x`` cannot."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(src)
+    except HFValidationError:
+        return False
+    return not src.startswith((".", "~"))
+
+
+def resolve_source(src: str) -> str:
+    """The local folder of ``src``: ``src`` itself when it is a folder, else the hub cache's snapshot
+    of the repository ``src`` names (downloaded if the cache lacks it and downloads are allowed).
+    Raises FileNotFoundError naming the id and the download command when neither works."""
+    if os.path.isdir(src):
+        return src
+    if not _is_repo_id(src):
+        raise FileNotFoundError(f"--src {src}: no such folder, and not a hub id (org/name) either; give a local "
+                                f"model folder with config.json, or a Hugging Face model id")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id=src)
+    except Exception as e:  # offline and not cached, no network, unknown or gated repo: all mean "get it first"
+        raise FileNotFoundError(
+            f"--src {src} is not a local folder, and the Hugging Face hub id {src!r} could not be resolved "
+            f"({type(e).__name__}: {e}). Download it first where the hub is reachable: `hf download {src}` "
+            f"(older huggingface_hub: `huggingface-cli download {src}`) into this machine's hub cache "
+            f"(HF_HUB_CACHE / HF_HOME), or `hf download {src} --local-dir <folder>` and pass that folder as "
+            f"--src (MODEL=<folder> for the launch scripts).") from e
+
+
 def patch(src: str, dst: str, rope_theta: float = 40000.0, max_positions: int = 16384) -> str:
-    src, dst = os.path.abspath(src), os.path.abspath(dst)
+    src, dst = os.path.abspath(resolve_source(src)), os.path.abspath(dst)
     cfg_path = os.path.join(src, "config.json")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} not found: --src must be a local model folder (download it first)")
+        raise FileNotFoundError(f"{cfg_path} not found: --src must be a model folder (or hub id) with config.json")
     if src == dst:
         raise ValueError("--dst must differ from --src (the source checkpoint is left untouched)")
     with open(cfg_path) as f:
@@ -67,12 +107,16 @@ def patch(src: str, dst: str, rope_theta: float = 40000.0, max_positions: int = 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", required=True, help="local model folder (with config.json)")
+    ap.add_argument("--src", required=True, help="local model folder (with config.json) or Hugging Face hub id")
     ap.add_argument("--dst", required=True, help="output folder (symlinks + patched config.json)")
     ap.add_argument("--rope-theta", type=float, default=40000.0)
     ap.add_argument("--max-position-embeddings", type=int, default=16384)
     args = ap.parse_args(argv)
-    dst = patch(args.src, args.dst, args.rope_theta, args.max_position_embeddings)
+    try:
+        dst = patch(args.src, args.dst, args.rope_theta, args.max_position_embeddings)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"patch_rope: error: {e}", file=sys.stderr)
+        return 2
     print(f"patched copy: {dst} (rope_theta={args.rope_theta}, max_position_embeddings={args.max_position_embeddings})")
     return 0
 

@@ -7,8 +7,10 @@
 #
 # Environment: as scripts/train/_common.sh, plus
 #   SFT_EXP_NAME [sft_$MODEL_TAG]   GRPO_EXP_NAME [sft_grpo_$MODEL_TAG]
-#   RL_TRAIN [$DATA_DIR/openr1_complement.parquet]  (scripts/data/prepare_openr1.py
-#            --source Elliott/Openr1-Math-48k-Complement --out $DATA_DIR/openr1_complement.parquet)
+#   RL_TRAIN [$DATA_DIR/openr1_complement.parquet]: stage 2 is plain GRPO (the gate never routes to
+#            SFT), so the file needs no demonstrations, and none are read or length-checked:
+#   python3 scripts/data/prepare_openr1.py --source Elliott/Openr1-Math-48k-Complement \
+#       --no-demonstrations --out $DATA_DIR/openr1_complement.parquet
 #   SFT_MODEL  an HF folder to start stage 2 from; set it to skip stage 1 (e.g. an existing SFT run)
 #   STAGE1_ARGS / STAGE2_ARGS  extra Hydra overrides for one stage (whitespace separated);
 #   arguments after the script name go to both stages.

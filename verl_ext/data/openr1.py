@@ -18,6 +18,13 @@ Demonstration length: counted in tokens of the given tokenizer without special t
 for the EOS the trainer appends, against ``max_target_tokens`` (8192 in the release, where the
 trainer truncated longer ones). ``length_policy`` "filter" drops longer rows, "truncate" cuts
 the text to fit, "keep" only counts them.
+
+RL-only data (``demonstrations=False``; ``prepare_openr1.py --no-demonstrations``): the demonstration
+field is neither required nor read, and rows carry no ``extra_info["target"]``. For a run whose gate
+never routes to SFT (plain GRPO, e.g. stage 2 of SFT -> GRPO on ``Elliott/Openr1-Math-48k-Complement``):
+it reads no demonstration (the start-up data check skips them when the gate cannot choose SFT), so a
+source without ``target``, or with an odd one, must not stop its preparation, and a demonstration
+length limit (which needs a tokenizer) has nothing to measure.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class PrepReport:
     long_target_kept: int = 0
     filtered_long_prompt: int = 0
     max_target_tokens_seen: int = 0
+    demonstrations: bool = True  # False: RL-only rows, no extra_info["target"]
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -80,23 +88,16 @@ def _message_list(x: Any, row: int, name: str) -> list[dict]:
     return out
 
 
-def parse_source_row(row: dict, index: int) -> tuple[list[dict], str, str]:
-    """(messages without system prompt, demonstration text, ground truth) or BadRowError."""
+def parse_source_row(row: dict, index: int, demonstrations: bool = True) -> tuple[list[dict], str | None, str]:
+    """(messages without system prompt, demonstration text, ground truth) or BadRowError.
+    ``demonstrations=False``: the ``target`` field is not read (the text is None)."""
     if "prompt" not in row:
         raise BadRowError(f"row {index}: missing field 'prompt'")
     messages = [m for m in _message_list(row["prompt"], index, "prompt") if m["role"] != "system"]
     if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         raise BadRowError(f"row {index}: field 'prompt' has no non-empty user message")
 
-    if "target" not in row or row["target"] is None:
-        raise BadRowError(f"row {index}: missing field 'target'")
-    tgt = row["target"]
-    if isinstance(tgt, str):
-        target = tgt
-    else:
-        target = _message_list(tgt, index, "target")[0]["content"]
-    if not target.strip():
-        raise BadRowError(f"row {index}: field 'target' is empty")
+    target = _parse_target(row, index) if demonstrations else None
 
     rm = row.get("reward_model")
     gt = rm.get("ground_truth") if isinstance(rm, dict) else None
@@ -108,6 +109,19 @@ def parse_source_row(row: dict, index: int) -> tuple[list[dict], str, str]:
     else:
         gt = str(gt)
     return messages, target, gt
+
+
+def _parse_target(row: dict, index: int) -> str:
+    if "target" not in row or row["target"] is None:
+        raise BadRowError(f"row {index}: missing field 'target'")
+    tgt = row["target"]
+    if isinstance(tgt, str):
+        target = tgt
+    else:
+        target = _message_list(tgt, index, "target")[0]["content"]
+    if not target.strip():
+        raise BadRowError(f"row {index}: field 'target' is empty")
+    return target
 
 
 def _restyle(messages: list[dict], style: str) -> list[dict]:
@@ -127,20 +141,25 @@ def convert_rows(
     skip_bad: bool = False,
     split: str = "train",
     data_source: str | None = None,
+    demonstrations: bool = True,
 ) -> tuple[list[dict], PrepReport]:
     """Convert source rows; see the module docstring. ``tokenizer`` is needed for any token
     limit (``max_target_tokens``/``max_prompt_tokens``); pass ``max_target_tokens=None`` to skip
-    length handling entirely."""
+    length handling entirely. ``demonstrations=False`` writes RL-only rows (no ``target`` read or
+    written; ``max_target_tokens`` must then be None)."""
     if length_policy not in LENGTH_POLICIES:
         raise ValueError(f"length_policy must be one of {LENGTH_POLICIES}")
+    if not demonstrations and max_target_tokens is not None:
+        raise ValueError("max_target_tokens limits demonstrations, which demonstrations=False does not write; "
+                         "pass max_target_tokens=None")
     if (max_target_tokens is not None or max_prompt_tokens is not None) and tokenizer is None:
         raise ValueError("a tokenizer is required for token-length limits")
-    report = PrepReport()
+    report = PrepReport(demonstrations=demonstrations)
     out: list[dict] = []
     for i, row in enumerate(rows):
         report.total += 1
         try:
-            messages, target, gt = parse_source_row(row, i)
+            messages, target, gt = parse_source_row(row, i, demonstrations)
         except BadRowError as e:
             if not skip_bad:
                 raise
@@ -170,13 +189,16 @@ def convert_rows(
                     report.long_target_kept += 1
 
         src_extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
+        extra = {"index": src_extra.get("index", i), "split": split}
+        if demonstrations:
+            extra["target"] = target
         out.append(
             {
                 "data_source": data_source or row.get("data_source") or "openr1_math",
                 "prompt": messages,
                 "ability": row.get("ability") or "math",
                 "reward_model": {"style": "rule", "ground_truth": gt},
-                "extra_info": {"index": src_extra.get("index", i), "split": split, "target": target},
+                "extra_info": extra,
             }
         )
         report.written += 1
