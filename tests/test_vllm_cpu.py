@@ -236,3 +236,28 @@ def test_evaluate_vllm_backend_on_a_trained_checkpoint(hpt_vllm_run, tmp_path, c
     assert len(recs) == 4 and all(isinstance(r["response"], str) for r in recs)
     _show(capsys, "scripts/eval/evaluate.py --backend vllm on the step-2 checkpoint",
           [f"avg@2 {agg['avg@2']}, responses: {[r['response'][:24] for r in recs[:2]]}"])
+
+
+def test_trapo_prefix_rows_through_verls_vllm_replica_with_several_workers(tiny_model_dir, arith_data_dir, tmp_path,
+                                                                           capsys):
+    """TRAPO's staged prefix rows through verl's vLLM replica and agent loop with 2 agent-loop
+    workers, on data ordered so that one worker's chunk of each later stage holds only plain rows and
+    the other's only prefix rows (whole-demonstration rows, which make no server call, in stage 3):
+    the chunks return different extra fields in every step (tests/test_e2e_trapo.py)."""
+    from tests.test_e2e_trapo import BATCH, INDEX_REWARD, STAGES, even_first_data
+
+    data = even_first_data(arith_data_dir, tmp_path / "data")
+    over = _overrides(tiny_model_dir, data, tmp_path / "ckpt", steps=2) + [
+        f"reward.custom_reward_function.path={INDEX_REWARD}", "upge=trapo", "hpt.gate.strategy=never",
+        "hpt.loss.rollout.const_len=256", "hpt.loss.demo.const_len=256", "actor_rollout_ref.rollout.n=4", STAGES,
+        "data.shuffle=false", "actor_rollout_ref.rollout.agent.num_workers=2"]
+    metrics, out = _train(over, tmp_path / "m.jsonl")
+    steps = [m for m in metrics if "hpt/questions" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        assert m["hpt/stages/prefix_rows"] == BATCH  # 4 odd questions x (a 50 % row + a whole-demonstration row)
+        assert 0 < m["actor/hpt/demo_token_share"] < 1 and finite(m["actor/grad_norm"])
+    _show(capsys, "TRAPO through verl's vLLM replica, 2 agent-loop workers", _engine_lines(out) + [
+        f"step {m['step']}: prefix rows {m['hpt/stages/prefix_rows']}, prefix tokens "
+        f"{m['hpt/stages/prefix_tokens']}, demo-arm token share {m['actor/hpt/demo_token_share']:.3f}"
+        for m in steps])
