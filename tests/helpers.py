@@ -29,7 +29,7 @@ def _default_hpt_node() -> str:
 
     GlobalHydra.instance().clear()
     cwd = os.getcwd()
-    os.chdir(REPO)  # the file://configs search path is relative to the launch directory
+    os.chdir(REPO)  # relative data paths in the exp files are the repo's
     try:
         with initialize_config_dir(config_dir=str(REPO / "recipe" / "hpt" / "config"), version_base=None):
             return OmegaConf.to_yaml(compose(config_name="hpt_trainer").hpt, resolve=True)
@@ -51,7 +51,7 @@ def default_hpt_node(**overrides) -> dict:
 
 def compose_trainer_config(overrides=()):
     """The trainer config composed as ``python -m recipe.hpt.main_hpt`` composes it (config dir
-    recipe/hpt/config, config hpt_trainer, launched from the repo root for its ``file://configs`` path)."""
+    recipe/hpt/config, config hpt_trainer, launched from the repo root)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 

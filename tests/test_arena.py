@@ -1,5 +1,5 @@
-"""The arena (scripts/arena.py): statistics, the method list, the GPU --scale dry run, and a --quick
-CPU run end to end with a --report rebuild from its JSONs."""
+"""The arena (verl_ext.arena; CLI scripts/arena.py): statistics, the method list, the GPU --scale dry
+run, resume and locks, and a --quick CPU run end to end with a --report rebuild from its JSONs."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from tests.e2e_utils import REPO
-
-sys.path.insert(0, str(REPO))
-
-from scripts.arena import load_methods, method_overrides, scale_commands, stage_steps  # noqa: E402
-from verl_ext.arena.stats import bootstrap_ci, paired_bootstrap, pass_at_k, pass_at_k_curve, seed_mean_std  # noqa: E402
+from verl_ext.arena.methods import load_methods, method_overrides, run_path, stage_steps
+from verl_ext.arena.scale import scale_commands, validate_overrides
+from verl_ext.arena.stats import bootstrap_ci, paired_bootstrap, seed_mean_std
+from verl_ext.eval.passk import pass_at_k, pass_at_k_curve
 
 # ------------------------------------------------------------------ statistics
 
@@ -113,8 +112,6 @@ def test_methods_cover_the_issue_and_use_split_invariant_sft():
 
 def test_cpu_overrides_compose_with_split_invariant_sft_arms():
     """Every CPU method composes on +exp=cpu_default, and its SFT arms use the global token mean."""
-    from scripts.arena import validate_overrides
-
     common, methods = load_methods()
     for name in methods:
         if methods[name].get("train", True) is False or methods[name].get("stages"):
@@ -154,8 +151,6 @@ def test_scale_dry_run_validates_every_command(scale, tmp_path):
 
 def test_scale_dry_run_rejects_a_broken_method(tmp_path):
     """The dry run fails (it validates), e.g. on a method whose gate builds rows its loss has no arm for."""
-    from scripts.arena import validate_overrides
-
     common, methods = load_methods()
     cmds = scale_commands(REPO / "configs/arena/scale_qwen2.5-math-7b.yaml", common, methods, ["GRPO"], [1e-6], [0])
     broken = [o for o in cmds[0]["overrides"] if o != "hpt.gate.strategy=never"]
@@ -222,7 +217,7 @@ def test_quick_arena_end_to_end_and_report_rebuild(tmp_path):
 def test_rerun_never_mixes_two_settings(tmp_path):
     """A finished run JSON is reused only under the same steps, questions per step and base; a
     result of another setting stops the arena with the file's name instead of being mixed in."""
-    from scripts.arena import run_one, run_path
+    from verl_ext.arena.runner import ArenaContext, run_one
 
     base = tmp_path / "base"
     base.mkdir()
@@ -233,20 +228,20 @@ def test_rerun_never_mixes_two_settings(tmp_path):
     same = {"method": "GRPO", "lr": 3e-5, "seed": 0, "steps": 100, "questions_per_step": 32, "quick": False,
             "base_settings": {"steps": 600, "warmup_weights": [1, 1, 0.1]}}
     path.write_text(json.dumps(same))
-    kw = dict(cfg=None, common=[], methods={"GRPO": {}}, name="GRPO", lr=3e-5, seed=0, q=32, data=None,
-              base=base, sets=None, out=out, quick=False, work_root=tmp_path / "work")
-    assert run_one(steps=100, **kw) == same
+    kw = dict(cfg=None, common=[], methods={"GRPO": {}}, questions_per_step=32, data=None, base=base, sets=None,
+              out=out, quick=False, work_root=tmp_path / "work")
+    assert run_one(ArenaContext(steps=100, **kw), "GRPO", 3e-5, 0) == same
     with pytest.raises(SystemExit, match=r"lr3e-05_s0\.json was run under another setting.*steps"):
-        run_one(steps=60, **kw)
+        run_one(ArenaContext(steps=60, **kw), "GRPO", 3e-5, 0)
     (base / "hpt_base.json").write_text(json.dumps({"settings": {"steps": 300}}))
     with pytest.raises(SystemExit, match="base_settings"):
-        run_one(steps=100, **kw)
+        run_one(ArenaContext(steps=100, **kw), "GRPO", 3e-5, 0)
 
 
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     """Two arena invocations never train the same (method, lr, seed): the second stops naming the
     owner's pid; a lock left by a killed run (its pid gone) is taken over; the lock goes on exit."""
-    from scripts.arena import run_lock
+    from verl_ext.arena.runner import run_lock
 
     lock = tmp_path / "w" / "lr3e-05_s1.lock"
     with run_lock(lock, "HPT g=0 lr=3e-05 s=1"):
@@ -265,7 +260,7 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
 
 def test_probe_chain_check():
     """The base probe counts a correct answer reached through a false step or another chain."""
-    from scripts.bench.arena_probe import chain_is_wrong
+    from verl_ext.arena.evaluate import chain_is_wrong
 
     demo = "9+4=13. 13+5=18. \\boxed{18}"
     assert not chain_is_wrong(demo, demo)

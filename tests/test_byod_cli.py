@@ -1,4 +1,5 @@
-"""scripts/run_default.py on a user's files, without training: options, names, evaluation groups."""
+"""scripts/run_default.py (verl_ext.tasks.main_job) on a user's files, without training: options, names,
+evaluation groups."""
 
 from __future__ import annotations
 
@@ -7,24 +8,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import load_script
-
-run_default = load_script("scripts/run_default.py")
+from verl_ext.tasks import main_job
 
 
 def test_train_and_test_go_together():
     with pytest.raises(SystemExit):
-        run_default.main(["--train", "x.parquet"])
+        main_job.main(["--train", "x.parquet"])
 
 
 def test_names_overrides_and_grader():
-    assert run_default._data_name(Path("data/my-gsm8k/test.parquet")) == "my-gsm8k"
-    assert run_default._data_name(Path("data/heldout_v2.parquet")) == "heldout_v2"
-    assert run_default._override(["a=1", "+data.max_response_length=256"], "data.max_response_length") == "256"
-    assert "default_compute_score" in run_default._score_fn(["reward.custom_reward_function.path=null"])[1]
-    assert "math reward" in run_default._score_fn([])[1]
-    assert run_default.VAL_KEY.match("val-core/gsm8k_boxed/acc/mean@1")
-    assert run_default.VAL_KEY.match("val-core/openai/gsm8k/reward/mean@1")
+    assert main_job._data_name(Path("data/my-gsm8k/test.parquet")) == "my-gsm8k"
+    assert main_job._data_name(Path("data/heldout_v2.parquet")) == "heldout_v2"
+    assert main_job._override(["a=1", "+data.max_response_length=256"], "data.max_response_length") == "256"
+    assert "default_compute_score" in main_job._score_fn(["reward.custom_reward_function.path=null"])[1]
+    assert "math reward" in main_job._score_fn([])[1]
+    assert main_job.VAL_KEY.match("val-core/gsm8k_boxed/acc/mean@1")
+    assert main_job.VAL_KEY.match("val-core/openai/gsm8k/reward/mean@1")
 
 
 def test_a_file_smaller_than_one_batch_is_refused_with_the_key(tmp_path, tiny_model_dir):
@@ -35,8 +34,8 @@ def test_a_file_smaller_than_one_batch_is_refused_with_the_key(tmp_path, tiny_mo
     pd.DataFrame(rows).to_parquet(tmp_path / "train.parquet")
     pd.DataFrame(rows).to_parquet(tmp_path / "test.parquet")
     with pytest.raises(SystemExit, match=r"4 rows, fewer than one batch \(data.train_batch_size=32\)"):
-        run_default.main(["--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"),
-                          "--base", str(tiny_model_dir), "--out", str(tmp_path / "out")])
+        main_job.main(["--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"),
+                       "--base", str(tiny_model_dir), "--out", str(tmp_path / "out")])
 
 
 def test_evaluation_groups_by_level_or_data_source(tiny_model_dir):

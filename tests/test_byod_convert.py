@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.helpers import load_script
+from verl_ext.data import convert_cli
 from verl_ext.data.contract import check_data_source, check_demo, check_ground_truth, check_index, check_prompt
 from verl_ext.data.convert import BOXED_INSTRUCTION, GSM8K_HASH_INSTRUCTION, convert_rows, gsm8k_to_boxed
 
@@ -103,7 +103,7 @@ def test_jsonl_question_answer_demonstration(tmp_path):
         {"question": "4+4?", "answer": 8},
         {"question": "", "answer": "1"}]))
     out_path = tmp_path / "out" / "train.parquet"
-    rep = load_script("scripts/data/convert.py").main(
+    rep = convert_cli.main(
         ["--format", "jsonl", "--input", str(src), "--out", str(out_path), "--data-source", "my_math"])
     assert rep["kept"] == 2 and rep["dropped"] == {"no question (question/problem)": 1}
     assert rep["no_demonstration"] == 1 and rep["demos_passing_reward"] == 1
@@ -118,7 +118,7 @@ def test_cli_refuses_an_input_with_nothing_convertible(tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text(json.dumps({"question": "", "answer": "1"}))
     with pytest.raises(SystemExit, match="no row of .* could be converted"):
-        load_script("scripts/data/convert.py").main(["--format", "jsonl", "--input", str(src),
+        convert_cli.main(["--format", "jsonl", "--input", str(src),
                                                      "--out", str(tmp_path / "o.parquet")])
 
 
@@ -133,7 +133,7 @@ def test_jsonl_demonstration_lists_are_kept_and_every_row_becomes_a_list(tmp_pat
         {"question": "1+1?", "answer": "2", "demonstration": ["", "1+1=2. \\boxed{2}"]},
         {"question": "0+0?", "answer": "0", "demonstration": [""]}]))
     out_path = tmp_path / "train.parquet"
-    rep = load_script("scripts/data/convert.py").main(
+    rep = convert_cli.main(
         ["--format", "jsonl", "--input", str(src), "--out", str(out_path)])
     assert rep["kept"] == 4 and rep["demo_lists"] == 1 and rep["demo_entries_dropped"] == 4
     assert rep["no_demonstration"] == 1 and rep["demos_scored"] == 4 and rep["demos_passing_reward"] == 3

@@ -1,8 +1,8 @@
-"""Paper-run configs (configs/exp/*.yaml) and launch scripts (scripts/train, scripts/eval).
+"""Paper-run configs (recipe/hpt/config/exp/*.yaml) and launch scripts (scripts/train, scripts/eval).
 
 Every experiment file is composed exactly as ``recipe/hpt/main_hpt.py`` composes it (config dir
-``recipe/hpt/config``, config ``hpt_trainer``, override ``+exp=<name>``, launched from the repo root
-so the ``file://configs`` search path resolves), then checked by the project's own validators
+``recipe/hpt/config``, config ``hpt_trainer``, override ``+exp=<name>``), then checked by the
+project's own validators
 (gate, UPGE loss) and by verl's config validation. Compose only: no model, no Ray, no training.
 """
 
@@ -26,7 +26,7 @@ from verl_ext.loss.config import UPGEConfigError, load_upge_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "recipe" / "hpt" / "config"
-EXP_DIR = REPO / "configs" / "exp"
+EXP_DIR = REPO / "recipe" / "hpt" / "config" / "exp"
 ALL_EXPS = sorted(p.stem for p in EXP_DIR.glob("*.yaml"))
 
 # Files meant to be appended to another exp file (a mode / a model template), composed as lists.
@@ -168,7 +168,7 @@ def compose_exp(selection: str, extra: list[str] | tuple = ()):
     """Compose as main_hpt does (hydra.main(config_path="config", config_name="hpt_trainer"))."""
     GlobalHydra.instance().clear()
     old = os.getcwd()
-    os.chdir(REPO)  # `file://configs` in hpt_trainer.yaml's search path is relative to the launch dir
+    os.chdir(REPO)  # relative data paths in the exp files are the repo's
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             return compose(config_name="hpt_trainer", overrides=[f"+exp={selection}", *extra])
@@ -210,7 +210,7 @@ def test_every_paper_file_has_expectations():
     # CPU smoke configs (tests/test_e2e_cpu.py) and the GPU smoke run (test_gpu_smoke_settings)
     others = {n for n in ALL_EXPS if n.startswith("cpu_")} | {"gpu_smoke"}
     missing = sorted(set(ALL_EXPS) - mine - others)
-    assert not missing, f"configs/exp files without expectations in tests/test_configs.py: {missing}"
+    assert not missing, f"recipe/hpt/config/exp files without expectations in tests/test_configs.py: {missing}"
 
 
 @pytest.mark.parametrize("name", ALL_EXPS)
@@ -246,7 +246,7 @@ def test_exp_composes_and_validates(name, composed):
     # Trainer preconditions (RayHPTTrainer).
     assert cfg.trainer.balance_batch is True
     assert cfg.actor_rollout_ref.actor.shuffle is False
-    from recipe.hpt.hpt_ray_trainer import unsupported_settings
+    from verl_ext.checks.settings import unsupported_settings
 
     assert unsupported_settings(cfg) == [], f"{name}: {unsupported_settings(cfg)}"
     _verl_validate(cfg)
@@ -347,14 +347,9 @@ def test_llama_template_renders_the_zero_prompt_verbatim():
 
 
 def test_patch_rope_copy(tmp_path):
-    import importlib.util
-
     from transformers import AutoConfig
 
-    spec = importlib.util.spec_from_file_location("patch_rope", REPO / "scripts" / "train" / "patch_rope.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    patch = mod.patch
+    from verl_ext.models.rope import patch
 
     src = tmp_path / "Qwen2.5-Math-7B"
     src.mkdir()
@@ -626,7 +621,7 @@ def test_gpu_smoke_settings(composed):
 def test_paper_runs_warn_that_the_release_loss_depends_on_packing_and_the_default_does_not():
     """hpt_qwen7b reproduces the release exactly (upge=hpt_release, dynamic bsz): main_hpt warns that its
     SFT arm and entropy bonus are per-micro-batch means; the default preset (upge=hpt) gets no warning."""
-    from recipe.hpt.hpt_ray_trainer import settings_warnings
+    from verl_ext.checks.settings import settings_warnings
 
     warnings = settings_warnings(compose_exp("hpt_qwen7b"))
     assert len(warnings) == 1 and "hpt.loss.demo" in warnings[0] and "upge=hpt" in warnings[0]
@@ -640,3 +635,22 @@ def test_trapo_reads_demonstrations_although_its_gate_never_routes_to_sft():
     assert trapo.gate.strategy == "never" and not trapo.gate.can_choose_sft() and trapo.needs_demonstrations
     grpo = HPTConfig.from_config(compose_exp("baseline_grpo"))
     assert not grpo.needs_demonstrations
+
+
+def test_exp_files_are_packaged_and_load_from_any_directory(tmp_path):
+    """``+exp=<name>`` resolves inside the installed recipe package (recipe/hpt/config/exp), not
+    through a path relative to the launch directory: Hydra composes it from an empty temp dir."""
+    import subprocess
+    import sys
+
+    from importlib.resources import files
+
+    packaged = files("recipe.hpt").joinpath("config/exp/cpu_tiny.yaml")
+    assert packaged.is_file()
+    out = subprocess.run([sys.executable, "-m", "recipe.hpt.main_hpt", "+exp=cpu_tiny", "--cfg", "job",
+                          "--package", "trainer"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "device: cpu" in out.stdout  # cpu_tiny's trainer.device, composed from the packaged file
+    missing = subprocess.run([sys.executable, "-m", "recipe.hpt.main_hpt", "+exp=no_such_exp", "--cfg", "job"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "no_such_exp" in missing.stderr

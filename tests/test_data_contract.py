@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 from tests.helpers import default_hpt_node
 from verl_ext.data.contract import CONTRACT, contract_markdown
 from verl_ext.hpt.config import HPTConfig, HPTConfigError, yaml_defaults
-from verl_ext.hpt.demo_scoring import RewardCheckError, diagnose, DemoFailure, resolve_reward
-from verl_ext.hpt.filtered_data import validate_data
-from verl_ext.hpt.row_checks import DataValidationError
+from verl_ext.checks.reward import RewardCheckError, diagnose, DemoFailure, resolve_reward
+from verl_ext.checks.data import validate_data
+from verl_ext.checks.rows import DataValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_REWARD = str(REPO / "verl_ext" / "reward" / "verl_entry.py")
@@ -340,7 +340,7 @@ def test_rows_validation_accepts_never_crash_gate_and_merge(tmp_path, char_tok, 
     from verl_ext.hpt.merge import merge_demonstrations, pad_with_zero_weight_rows
 
     from tests.test_gate import PAD_ID, sequence_scores
-    from tests.test_reliability import _bare_trainer
+    from tests.test_reliability import _bare_trainer, _step
 
     rng = random.Random(seed)
     rows = _accepted_rows(tmp_path, char_tok, rng, n=12)
@@ -370,8 +370,8 @@ def test_rows_validation_accepts_never_crash_gate_and_merge(tmp_path, char_tok, 
         # the trainer's own hook on the same rows (reads extra_info.index and the demonstration)
         t = _bare_trainer(char_tok, gate=cfg)
         metrics: dict = {}
-        t._gate_and_merge(_batch_for(picked, spec, seed=seed * 10 + trial), metrics)  # returns the merged batch
+        _step(t, _batch_for(picked, spec, seed=seed * 10 + trial), metrics)  # returns the merged batch
         assert metrics["hpt/demo_missing"] >= 0
-        ids_logged = t.hpt_state["batch_indices"]["7"]
+        ids_logged = t.state.batch_indices["7"]
         expected = [r["extra_info"].get("index", -1) for r in picked]
         assert [str(x) for x in ids_logged] == [str(e) for e in expected]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from verl_ext.data import benchmarks_cli, openr1_cli
 from verl_ext.data.benchmarks import BENCHMARKS, load_questions
 from verl_ext.data.openr1 import BadRowError, convert_rows
 from verl_ext.data.prompts import SIMPLERL_SYSTEM, ZERO_CHAT_TEMPLATE
@@ -15,9 +16,6 @@ from verl_ext.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 LUFFY_SYSTEM = "Your task is to follow a systematic, thorough reasoning process ..."
-
-
-from tests.helpers import load_script as _load_script  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,7 @@ def char_tokenizer(tmp_path_factory):
 # --- benchmarks ------------------------------------------------------------------------------
 
 def test_prepare_benchmarks_parquet(tmp_path):
-    prep = _load_script("scripts/data/prepare_benchmarks.py")
+    prep = benchmarks_cli
     gpqa_dir = tmp_path / "own"  # GPQA is not shipped (its authors ask not to republish it): a user's folder
     gpqa_dir.mkdir()
     (gpqa_dir / "GPQA.json").write_text(json.dumps([{"prompt": "Which? A) x B) y C) z D) w", "answer": "D"}] * 3))
@@ -55,7 +53,7 @@ def test_prepare_benchmarks_parquet(tmp_path):
 
 
 def test_prepare_benchmarks_simplerl_style(tmp_path):
-    prep = _load_script("scripts/data/prepare_benchmarks.py")
+    prep = benchmarks_cli
     written = prep.main(["--out-dir", str(tmp_path), "--benchmarks", "amc23", "--prompt-style", "simplerl"])
     df = pd.read_parquet(written["amc23"])
     assert len(df) == 40
@@ -104,7 +102,7 @@ def _write_parquet(rows, path):
 def test_prepare_openr1_filter_strips_system_and_carries_target(tmp_path, char_tokenizer):
     src = _write_parquet(_fake_openr1_rows(), tmp_path / "openr1_fake.parquet")
     out = tmp_path / "train.parquet"
-    prep = _load_script("scripts/data/prepare_openr1.py")
+    prep = openr1_cli
     rep = prep.main(["--source", src, "--out", str(out), "--tokenizer", str(char_tokenizer),
                      "--max-target-tokens", "60"])
     # lengths 10+1 and 50+1 fit in 60; 100+1 does not
@@ -175,7 +173,7 @@ def test_prepare_openr1_cli_bad_row_exit_code(tmp_path, char_tokenizer, capsys):
     rows[1]["target"] = None
     src = tmp_path / "bad.json"
     src.write_text(json.dumps(rows))
-    prep = _load_script("scripts/data/prepare_openr1.py")
+    prep = openr1_cli
     with pytest.raises(SystemExit) as e:
         prep.main(["--source", str(src), "--out", str(tmp_path / "o.parquet"), "--tokenizer", str(char_tokenizer)])
     assert e.value.code == 2
@@ -195,7 +193,7 @@ def test_prepare_openr1_no_demonstrations_reads_no_target_and_needs_no_tokenizer
     rows[2]["target"] = []  # what a demonstration run rejects as a bad row
     src = _write_parquet(rows, tmp_path / "complement.parquet")
     out = tmp_path / "openr1_complement.parquet"
-    prep = _load_script("scripts/data/prepare_openr1.py")
+    prep = openr1_cli
     rep = prep.main(["--source", src, "--out", str(out), "--no-demonstrations"])
     assert rep["written"] == 4 and rep["skipped_bad"] == 0 and rep["demonstrations"] is False
     df = pd.read_parquet(out)
@@ -219,7 +217,7 @@ def test_prepare_openr1_no_demonstrations_reads_no_target_and_needs_no_tokenizer
 def test_prepare_openr1_demonstration_data_still_needs_the_tokenizer(tmp_path, capsys):
     """Without --no-demonstrations the 8192-token default stays, and so does the tokenizer it needs."""
     src = _write_parquet(_fake_openr1_rows((5,)), tmp_path / "s.parquet")
-    prep = _load_script("scripts/data/prepare_openr1.py")
+    prep = openr1_cli
     with pytest.raises(SystemExit) as e:
         prep.main(["--source", src, "--out", str(tmp_path / "o.parquet")])
     assert e.value.code == 2 and "--no-demonstrations" in capsys.readouterr().err

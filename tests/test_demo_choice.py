@@ -22,20 +22,19 @@ from tests.test_gate import PAD_ID, make_rollout_batch, sequence_scores
 from tests.test_reliability import _bare_trainer, _data_config, _row
 from verl_ext.data.contract import check_demo, check_demo_field
 from verl_ext.hpt.config import HPTConfig, HPTConfigError, choice_seed, yaml_defaults
+from verl_ext.data.demonstration_field import demonstration_entries, question_key
 from verl_ext.hpt.demonstrations import (
     DEMO_CHOICES,
-    choice_question_key,
     choose_entries,
-    demonstration_entries,
     per_question,
     pick_demonstrations,
     uniform_index,
     usable_demonstrations,
 )
-from verl_ext.hpt.filtered_data import validate_data
+from verl_ext.checks.data import validate_data
 from verl_ext.hpt.gate import GateConfig, gate_by_pass_rate, question_stats
 from verl_ext.hpt.merge import DEMO_UID_SUFFIX, merge_demonstrations
-from verl_ext.hpt.row_checks import DataValidationError
+from verl_ext.checks.rows import DataValidationError
 from verl_ext.loss.batch_keys import HPT_ROW_KIND, HPT_ROW_WEIGHT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +118,7 @@ def test_every_entry_is_length_checked(tmp_path, char_tok, mode):
 
 
 def test_the_reward_check_scores_every_listed_demonstration(tmp_path, char_tok):
-    from verl_ext.hpt.demo_scoring import RewardCheckError, resolve_reward
+    from verl_ext.checks.reward import RewardCheckError, resolve_reward
 
     rows = [_row(i, demo=list(TEACHERS)) for i in range(3)]
     rows[1]["extra_info"]["target"] = [TEACHERS[0], "the answer is 4 \\boxed{4}"]
@@ -203,8 +202,8 @@ def test_uniform_is_reproducible_per_seed_step_and_id_and_varies():
     assert draws != [uniform_index(entries, 0, step, 8) for step in range(300)]  # another question too
     assert choose_entries(entries, "uniform", seed=0, step=11, question_id=7) == [draws[11]]
     # the raw extra_info.index (stand-in) and the trainer's logged id key alike
-    assert choice_question_key(np.int64(7)) == choice_question_key(7.0) == 7
-    assert choice_question_key("q-1") == "q-1" and choice_question_key(None) == choice_question_key(True) == -1
+    assert question_key(np.int64(7)) == question_key(7.0) == 7
+    assert question_key("q-1") == "q-1" and question_key(None) == question_key(True) == -1
     # without an id, a question is keyed by its first entry: such questions do not all draw alike
     no_id = {uniform_index([t, "b", "c"], 0, 3, -1) for t in (f"teacher {i}" for i in range(30))}
     assert len(no_id) == 3
@@ -284,10 +283,12 @@ def _listed_batch(teachers, spec=((4, 0), (4, 3), (4, 0))):
 
 
 def _step(char_tok, batch, policy, step=7, seed=0):
-    t = _bare_trainer(char_tok)  # response length 8, as the crafted batch's
-    t.demo_choice, t.demo_seed, t.global_steps = policy, seed, step
+    from tests.test_reliability import _step as trainer_step
+
+    t = _bare_trainer(char_tok, demo_choice=policy, demo_seed=seed)  # response length 8, as the crafted batch's
+    t.global_steps = step
     metrics = {}
-    return t._gate_and_merge(batch, metrics), metrics, t
+    return trainer_step(t, batch, metrics), metrics, t
 
 
 def _demo_texts(char_tok, merged):
@@ -316,7 +317,7 @@ def test_the_step_trains_what_each_policy_picks(char_tok):
     merged, m, t = _step(char_tok, _listed_batch(LISTS), "uniform", step=7)
     want = [LISTS[q][uniform_index(LISTS[q], 0, 7, 100 + q)] for q in (0, 2)]
     assert _demo_texts(char_tok, merged) == want
-    assert t.hpt_state["gate_decisions"]["7"]["sft"] == [1, 0, 1]
+    assert t.state.gate_decisions["7"]["sft"] == [1, 0, 1]
 
 
 def test_uniform_in_the_step_is_reproducible_and_varies_across_steps(char_tok):

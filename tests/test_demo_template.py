@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from verl import DataProto
 
-from tests.test_reliability import _bare_trainer
+from tests.test_reliability import _bare_trainer, _step
 from verl_ext.hpt.demo_rollout import DemonstrationRolloutManager
 from verl_ext.hpt.gate import GateConfig
 from verl_ext.hpt.demonstrations import encode_demonstrations, generation_prompt_overlap, prompt_token_ids
@@ -92,9 +92,9 @@ def _merged(tok, demos):
     batch = _sft_only_batch(tok, demos)
     stand_in = batch.batch["responses"].clone(), batch.batch["response_mask"].clone()
     t = _bare_trainer(tok, gate=GateConfig(strategy="always"))
-    t.config = _config()
+    t.step.response_length = R_LEN
     metrics = {}
-    batch = t._gate_and_merge(batch, metrics)
+    batch = _step(t, batch, metrics)
     assert int((batch.batch[HPT_ROW_KIND] > 0).sum()) == len(demos) == len(batch)
     return batch, stand_in, metrics
 
@@ -178,9 +178,10 @@ def test_prompt_token_ids_drop_the_left_padding(think_tok):
     ([{"role": "assistant", "content": "a"}], "demo_not_string"), (3, "demo_not_string")])
 def test_one_usable_check_for_validation_trainer_and_stand_in(value, reason):
     """Start-up validation (contract.check_demo), the trainer's fallback (usable_demonstrations)
-    and the SFT-only stand-in all judge a demonstration by demonstrations.demonstration_problem."""
+    and the SFT-only stand-in all judge a demonstration by demonstration_field.demonstration_problem."""
     from verl_ext.data.contract import check_demo
-    from verl_ext.hpt.demonstrations import demonstration_problem, usable_demonstrations
+    from verl_ext.data.demonstration_field import demonstration_problem
+    from verl_ext.hpt.demonstrations import usable_demonstrations
 
     problem = demonstration_problem(value)
     assert (problem[0] if problem else None) == reason

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from verl_ext.eval import runner as runner_mod
+from verl_ext.eval.generate import Generator
 from verl_ext.eval.passk import aggregate_benchmark
 from verl_ext.eval.table import build_rows, load_paper, load_run, our_values
 from verl_ext.reward import compute_score
@@ -88,7 +89,7 @@ def test_make_table_and_plot_from_e2e(e2e_run, tmp_path):
 
 # --- runner maths with a scripted generator (known answers) -----------------------------------
 
-class _ScriptedGenerator:
+class _ScriptedGenerator(Generator):
     """Returns, for question i, n responses of which the first (i % (n+1)) are correct."""
 
     def __init__(self, answers):
@@ -118,6 +119,33 @@ def test_runner_summary_values(monkeypatch, tmp_path):
     # pass@2 per question: 0, 1-C(3,2)/C(4,2)=0.5, 1-C(2,2)/C(4,2)=5/6, 1
     assert s["pass@k"][2] == pytest.approx((0 + 0.5 + 5 / 6 + 1) / 4)
     assert s["pass@k"][4] == pytest.approx(0.75)
+
+
+def test_evaluator_grades_each_sample_against_its_own_question():
+    """The one evaluator (template -> sample -> grade) keeps every sample with its question: the
+    grader sees each response next to that question's ground truth and data source."""
+    from verl_ext.eval.evaluator import Question, evaluate, grade_in_process
+    from verl_ext.eval.generate import SamplingConfig
+
+    qs = [Question([{"role": "user", "content": f"q{i}"}], str(i), "mc" if i == 2 else "math") for i in range(4)]
+    seen = []
+
+    def score(source, text, gt):
+        seen.append((source, gt))
+        return {"score": float(text == f"\\boxed{{{gt}}}"), "timeout": gt == "3"}
+
+    ev = evaluate(_ScriptedGenerator([str(i) for i in range(4)]), qs, SamplingConfig(n=4),
+                  grader=lambda r, g, d: grade_in_process(r, g, d, score_fn=score))
+    assert [sum(c) for c in ev.correct()] == [0, 1, 2, 3]  # question i: first i % 5 of 4 correct
+    assert seen == [(q.data_source, q.ground_truth) for q in qs for _ in range(4)]
+    assert ev.grading.num_timeouts == 4 and [len(t) for t in ev.texts] == [4] * 4
+
+    class _Short(_ScriptedGenerator):
+        def generate(self, prompts, cfg, progress=None):
+            return super().generate(prompts, cfg)[:-1]
+
+    with pytest.raises(RuntimeError, match="_Short.generate returned completions for 3 prompts, not 4"):
+        evaluate(_Short(["0"] * 4), qs, SamplingConfig(n=1))
 
 
 def test_default_n_follows_paper(monkeypatch, tmp_path):

@@ -133,7 +133,7 @@ def test_demonstration_prefix_tokens_of_rollout_rows_become_neutral(char_tok, mo
 
 # ------------------------------------------------------------------ 3. bypass mode
 def test_bypass_mode_is_rejected_at_start_up():
-    from recipe.hpt.hpt_ray_trainer import unsupported_settings
+    from verl_ext.checks.settings import unsupported_settings
 
     base = {"trainer": {"balance_batch": True}, "algorithm": {"rollout_correction": {"bypass_mode": False}}}
     assert unsupported_settings(OmegaConf.create(base)) == []
@@ -317,7 +317,7 @@ def _gpu_cfg(**model):
 
 
 def test_flash_attention_without_flash_attn_is_a_start_up_error(monkeypatch, fake_flash_attn):
-    from verl_ext.hpt.environment import check_attention_implementation
+    from verl_ext.checks.environment import check_attention_implementation
 
     cfg = _gpu_cfg()
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "flash_attn" else object())
@@ -342,7 +342,7 @@ def test_flash_attention_without_flash_attn_is_a_start_up_error(monkeypatch, fak
 def test_a_flash_attn_built_for_another_torch_is_a_start_up_error_quoting_the_import(fake_flash_attn):
     """Installed but not importable (a wheel for another torch/CUDA: its extension has an undefined
     symbol). A presence check passed this, and the workers then died on the ImportError."""
-    from verl_ext.hpt.environment import check_attention_implementation
+    from verl_ext.checks.environment import check_attention_implementation
 
     symbol = "flash_attn_2_cuda.cpython-311-x86_64-linux-gnu.so: undefined symbol: _ZN3c104cuda9SetDeviceEi"
     fake_flash_attn(init=f"raise ImportError({symbol!r})\n")
@@ -358,7 +358,7 @@ def test_a_flash_attn_built_for_another_torch_is_a_start_up_error_quoting_the_im
 
 def test_a_broken_compiled_extension_is_caught_even_when_the_package_imports(fake_flash_attn):
     """A lazily importing flash_attn/__init__ passes `import flash_attn`; the extension itself must load."""
-    from verl_ext.hpt.environment import flash_attn_import_error
+    from verl_ext.checks.environment import flash_attn_import_error
 
     fake_flash_attn(init="", ext="raise ImportError('libcudart.so.11.0: cannot open shared object file')\n")
     err = flash_attn_import_error()
@@ -371,7 +371,7 @@ def test_ulysses_sequence_parallel_gets_a_fix_verl_accepts(monkeypatch, key):
     so the usual fallback cannot be the advice there: it must also say to drop sequence parallelism."""
     from verl.workers.config.actor import FSDPActorConfig
 
-    from verl_ext.hpt.environment import check_attention_implementation
+    from verl_ext.checks.environment import check_attention_implementation
 
     cfg = _gpu_cfg()
     OmegaConf.update(cfg, f"actor_rollout_ref.actor.{key}", 2)

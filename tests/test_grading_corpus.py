@@ -6,7 +6,6 @@ the timed path, and an exception in a layer falls through to the next judge and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from collections import Counter
@@ -16,6 +15,7 @@ import pytest
 
 from verl_ext.reward import score_batch
 from verl_ext.reward import score as score_mod
+from verl_ext.reward.grading_corpus import load_corpus, math_verify_alone
 from verl_ext.reward.score import _ground_truths, compute_score, fast_verdict, final_prediction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,16 +29,9 @@ REQUIRED_KINDS = {
 }
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_grader_corpus", REPO / "scripts/eval/bench_grader_corpus.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def rows():
-    return _bench().load_corpus(CORPUS)
+    return load_corpus(CORPUS)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +80,7 @@ def test_every_verdict(rows, graded):
 
 
 def test_never_below_math_verify_alone_on_a_kind(rows, graded):
-    mv_alone = _bench().math_verify_alone
+    mv_alone = math_verify_alone
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     ours, alone, n = Counter(), Counter(), Counter()
     for r, x in zip(rows, graded.results):

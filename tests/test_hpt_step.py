@@ -23,7 +23,8 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from tests.test_gate import make_rollout_batch
 from tests.test_gpu_path import _trainer
 from tests.test_reliability import _account, _bare_trainer
-from recipe.hpt.hpt_ray_trainer import HPTStopError, unsupported_settings
+from recipe.hpt.hpt_ray_trainer import HPTStopError
+from verl_ext.checks.settings import unsupported_settings
 
 
 def _base(**overrides):
@@ -125,11 +126,14 @@ def test_outcome_estimators_and_verl_defaults_are_accepted(estimator):
     assert unsupported_settings(cfg) == []
 
 
-def test_the_trainer_constructor_refuses_them_too(monkeypatch):
-    """RayHPTTrainer.__init__ with verl's constructor stubbed (the real one needs Ray and datasets)."""
-    from recipe.hpt.hpt_ray_trainer import RayHPTTrainer
+def test_startup_checks_refuse_them_before_ray_starts(monkeypatch):
+    """The one place the settings are checked (verl_ext.checks.startup_checks, called by run_hpt)."""
+    from verl_ext.checks import startup_checks
 
-    cfg = _base(**{"actor_rollout_ref.actor.shuffle": True, "hpt.gate.strategy": "switch"})
-    monkeypatch.setattr(RayPPOTrainer, "__init__", lambda self, *a, **k: setattr(self, "config", cfg))
+    cfg = _base(**{"actor_rollout_ref.actor.shuffle": True})
+    monkeypatch.setattr("verl_ext.hpt.config.HPTConfig.from_config", classmethod(lambda cls, c: None))
+    monkeypatch.setattr("verl_ext.checks.environment.check_attention_implementation", lambda c: None)
     with pytest.raises(ValueError, match="actor_rollout_ref.actor.shuffle=true"):
-        RayHPTTrainer()
+        startup_checks(cfg)
+
+

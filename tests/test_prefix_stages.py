@@ -16,9 +16,11 @@ import torch
 from verl import DataProto
 
 from verl_ext.hpt.demonstrations import build_demo_rows
-from verl_ext.hpt.prefix import DemonstrationPrefixer, prefix_cut_length
-from verl_ext.hpt.staged_rollout import PREFIX_AGENT, PREFIX_IDS_KEY, StagedRolloutManager, drop_placeholders
-from verl_ext.hpt.stages import SAMPLED_KEY, Stage, StagesConfigError, load_stages, run_stages
+from verl_ext.hpt.staging.prefix import DemonstrationPrefixer, prefix_cut_length
+from verl_ext.hpt.staging.manager import StagedRolloutManager
+from verl_ext.hpt.staging.stages import PREFIX_AGENT, PREFIX_IDS_KEY
+from verl_ext.hpt.step import drop_placeholders
+from verl_ext.hpt.staging.stages import SAMPLED_KEY, Stage, StagesConfigError, load_stages, run_stages
 from verl_ext.loss.batch_keys import HPT_PREFIX_MASK
 
 TRAPO = [{"rollouts": 4},
@@ -288,7 +290,7 @@ class FakeServer:
 def _agent(server, response_length=10):
     from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder
 
-    from verl_ext.rollout.prefix_agent_loop import PrefixAgentLoop
+    from verl_ext.hpt.staging.prefix_agent_loop import PrefixAgentLoop
 
     agent = object.__new__(PrefixAgentLoop)
     agent.rollout_config = SimpleNamespace(full_determinism=False)
@@ -342,7 +344,7 @@ def test_prefix_agent_is_registered_in_a_fresh_verl_import():
             "print(r['hpt_prefix_agent']['_target_'])")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().endswith("verl_ext.rollout.prefix_agent_loop.PrefixAgentLoop")
+    assert res.stdout.strip().endswith("verl_ext.hpt.staging.prefix_agent_loop.PrefixAgentLoop")
 
 
 def test_manager_refuses_a_response_that_lost_its_prefix():

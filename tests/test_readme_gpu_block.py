@@ -176,9 +176,9 @@ def check_launch(scratch: Scratch, line: str, res: subprocess.CompletedProcess):
     main_hpt does, check every path it names exists, and run the start-up config and data checks."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from recipe.hpt.hpt_ray_trainer import unsupported_settings
+    from verl_ext.checks.settings import unsupported_settings
     from verl_ext.hpt.config import HPTConfig
-    from verl_ext.hpt.filtered_data import validate_data
+    from verl_ext.checks.data import validate_data
 
     for would in [x for x in res.stderr.splitlines() if x.startswith("# would run: ")]:
         scratch.run(shlex.split(would[len("# would run: "):]), {}, f"{line!r} (its rope patch)")

@@ -23,9 +23,9 @@ from omegaconf import OmegaConf
 from tests.helpers import default_hpt_node
 from verl_ext.data.contract import check_ground_truth, check_prompt
 from verl_ext.hpt.config import HPTConfig, HPTConfigError
-from verl_ext.hpt.filtered_data import validate_data
+from verl_ext.checks.data import validate_data
 from verl_ext.hpt.gate import GateConfig, GateConfigError
-from verl_ext.hpt.row_checks import DataValidationError
+from verl_ext.checks.rows import DataValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "recipe" / "hpt" / "config"
@@ -38,7 +38,7 @@ def base_config():
     from hydra import compose, initialize_config_dir
 
     cwd = os.getcwd()
-    os.chdir(REPO)  # the file://configs search path is relative to the launch directory
+    os.chdir(REPO)  # relative data paths in the exp files are the repo's
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name="hpt_trainer", overrides=["+exp=cpu_tiny"])
@@ -259,7 +259,7 @@ def test_prompt_length_is_counted_as_verl_counts_it(tmp_path, char_tok):
     """Our limit check tokenises the chat-templated prompt exactly as RLHFDataset's filter does."""
     from verl.utils.tokenizer.tokenizer import normalize_token_ids
 
-    from verl_ext.hpt.row_checks import _prompt_text, _token_lengths
+    from verl_ext.checks.rows import _prompt_text, _token_lengths
 
     msgs = [{"role": "user", "content": "Compute 12+7+25."}]
     verl_len = len(normalize_token_ids(char_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)))
@@ -318,30 +318,39 @@ class _Scorer:
         return [{"score": 1.0, "acc": 1.0} for _ in texts]
 
 
-def _bare_trainer(char_tok, gate=None, max_skips=5):
+def _bare_trainer(char_tok, gate=None, max_skips=5, demo_choice="uniform", demo_seed=0):
     """A RayHPTTrainer with only what the hooks under test read (no Ray, no workers)."""
     from recipe.hpt.hpt_ray_trainer import RayHPTTrainer
+    from verl_ext.hpt.config import DataOptions, HPTConfig, yaml_defaults
+    from verl_ext.hpt.state import HPTState
+    from verl_ext.hpt.step import HPTStep
     from verl_ext.loss.config import UPGELossConfig
 
     t = object.__new__(RayHPTTrainer)
     t.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"response_length": 8}},
                                  "trainer": {"default_local_dir": "/nonexistent"}})
-    t.gate_config = gate or GateConfig(strategy="switch", gamma=0.5)
-    t.demo_field = "target"
-    t.demo_choice, t.demo_seed = "uniform", 0
-    t.upge = UPGELossConfig()  # no group-alignment term
-    t.stages = None
+    t.hpt = HPTConfig(demo_field="target", demo_choice=demo_choice, skip_grad_norm_above=None,
+                      max_consecutive_skips=max_skips, data=DataOptions.from_mapping(yaml_defaults()["data"]),
+                      gate=gate or GateConfig(strategy="switch", gamma=0.5),
+                      loss=UPGELossConfig(),  # no group-alignment term
+                      stages=None)
     t.tokenizer = char_tok
-    t._demo_scorer = _Scorer()
+    t.state = HPTState()
+    t.step = HPTStep(t.hpt, char_tok, 8, _Scorer(), demo_seed=demo_seed, pad_token_id=t._pad_token_id())
     t.global_steps = 7
     t.data_report = None
-    t.max_consecutive_skips = max_skips
     t._data_metrics_logged = False
     t._stop_reason = None
-    t.hpt_state = {"questions": 0, "gated": 0, "steps": 0, "demo_truncated": 0, "demo_missing": 0,
-                   "skipped_steps": 0, "skipped_steps_grad_norm": 0, "consecutive_skips": 0,
-                   "reward_timeouts": 0, "reward_grader_errors": 0, "batch_indices": {}, "gate_decisions": {}}
+    t._step_metrics = None
+    t._rollout_debug_metrics = None
     return t
+
+
+def _step(t, batch, metrics):
+    """The trainer's step on ``batch`` (hook 1 without padding and balancing): the merged batch."""
+    record = t.step(batch, t.state, t.global_steps)
+    metrics.update(record.metrics)
+    return record.merged
 
 
 def test_gated_question_without_demonstration_falls_back_to_rl(char_tok):
@@ -358,17 +367,17 @@ def test_gated_question_without_demonstration_falls_back_to_rl(char_tok):
     t = _bare_trainer(char_tok)
     metrics = {}
     before = {k: v.clone() for k, v in batch.batch.items()}, {k: v.copy() for k, v in batch.non_tensor_batch.items()}
-    merged = t._gate_and_merge(batch, metrics)
+    merged = _step(t, batch, metrics)
     # the caller's batch is only read: the merged batch is a new one
     assert set(batch.batch.keys()) == set(before[0])
     assert all(torch.equal(batch.batch[k], v) for k, v in before[0].items())
     assert all((batch.non_tensor_batch[k] == v).all() for k, v in before[1].items())
     batch = merged
-    assert metrics["hpt/demo_missing"] == 2 and t.hpt_state["demo_missing"] == 2
+    assert metrics["hpt/demo_missing"] == 2 and t.state.demo_missing == 2
     assert metrics["hpt/rows/demo"] == 0  # nothing left for SFT
     assert metrics["hpt/rows/rollout"] == 16  # every question trained with RL (α = 1)
     assert (batch.batch[HPT_ROW_KIND] == 0).all() and (batch.batch[HPT_ROW_WEIGHT] == 1).all()
-    dec = t.hpt_state["gate_decisions"]["7"]
+    dec = t.state.gate_decisions["7"]
     assert dec["correct"] == [0, 1, 3, 4] and dec["sft"] == [0, 0, 0, 0] and dec["demo_missing"] == [100, 101]
 
 
@@ -377,9 +386,9 @@ def test_gate_decisions_are_recorded_per_step(char_tok):
 
     batch = make_rollout_batch([(4, 0), (4, 2), (4, 3)], seed=2)  # demonstrations truncated to 8 tokens
     t = _bare_trainer(char_tok)
-    t._gate_and_merge(batch, {})
-    assert t.hpt_state["batch_indices"]["7"] == [100, 101, 102]
-    assert t.hpt_state["gate_decisions"]["7"] == {"correct": [0, 2, 3], "sft": [1, 1, 0], "demo_missing": []}
+    _step(t, batch, {})
+    assert t.state.batch_indices["7"] == [100, 101, 102]
+    assert t.state.gate_decisions["7"] == {"correct": [0, 2, 3], "sft": [1, 1, 0], "demo_missing": []}
 
 
 def test_reward_timeout_and_crash_flags_become_metrics(char_tok):
@@ -390,10 +399,12 @@ def test_reward_timeout_and_crash_flags_become_metrics(char_tok):
     batch.non_tensor_batch["grader_error"] = np.array([0, 0, 0, 1, 0, 0, 0, 0], dtype=np.float64)
     t = _bare_trainer(char_tok)
     metrics = {}
-    t._count_reward_flags(batch, metrics)
-    t._count_reward_flags(batch, metrics)
+    from verl_ext.hpt.metrics import reward_flag_metrics
+
+    metrics.update(reward_flag_metrics(batch, t.state))
+    metrics.update(reward_flag_metrics(batch, t.state))
     assert metrics["hpt/reward/timeouts"] == 3 and metrics["hpt/reward/grader_errors"] == 1
-    assert metrics["hpt/cumulative/reward_timeouts"] == 6 and t.hpt_state["reward_grader_errors"] == 2
+    assert metrics["hpt/cumulative/reward_timeouts"] == 6 and t.state.reward_grader_errors == 2
 
 
 # ------------------------------------------------------------------ trainer: skip accounting
@@ -426,7 +437,7 @@ def test_skipped_steps_are_counted_and_n_in_a_row_stop_the_run(char_tok):
 def test_no_stop_when_disabled(char_tok):
     t = _bare_trainer(char_tok, max_skips=None)
     _account(t, [1] * 20)
-    assert t.hpt_state["consecutive_skips"] == 20 and t._stop_reason is None
+    assert t.state.consecutive_skips == 20 and t._stop_reason is None
 
 
 # ------------------------------------------------------------------------ worker: step guard
@@ -700,6 +711,15 @@ def test_grad_norm_skip_at_the_release_threshold_is_strict_and_exact():
     assert out["metrics"][GN] == [0.0] and int(eng.optimizer.state_dict()["state"][0]["step"]) == 1
 
 
+def _record_generation(t, metrics, batch, stats, alpha):
+    from verl_ext.hpt.metrics import generation_metrics
+    from verl_ext.hpt.step import GateDecision
+
+    decision = GateDecision(stats=stats, question_ids=[], alpha=alpha, beta=1.0 - alpha)
+    metrics.update(generation_metrics(batch, decision, t.state, generated=t.hpt.gate.needs_rollouts,
+                                      staged_padding_rows=None))
+
+
 def test_generation_accounting_counts_sampled_tokens_and_nothing_for_the_sft_only_baseline(char_tok):
     """hpt/gen/tokens: the rollouts' response tokens; the SFT-only baseline's "rollouts" are its
     demonstrations (verl_ext/hpt/demo_rollout.py), so it generates nothing."""
@@ -712,9 +732,9 @@ def test_generation_accounting_counts_sampled_tokens_and_nothing_for_the_sft_onl
     q0_tokens = float(batch.batch["response_mask"][stats.rows[0]].sum())
     t = _bare_trainer(char_tok)
     metrics = {}
-    t._record_generation(metrics, batch, stats, alpha=np.array([0.0, 1.0]))
+    _record_generation(t, metrics, batch, stats, alpha=np.array([0.0, 1.0]))
     assert metrics["hpt/gen/tokens"] == tokens and metrics["hpt/gen/tokens_wasted"] == q0_tokens
-    assert t.hpt_state["gen_tokens"] == tokens
+    assert t.state.gen_tokens == tokens
     # prefix rows (staged continue_with_prefix): their demonstration tokens were copied, not generated
     from verl_ext.loss.batch_keys import HPT_PREFIX_MASK
 
@@ -723,13 +743,13 @@ def test_generation_accounting_counts_sampled_tokens_and_nothing_for_the_sft_onl
     prefix[row, :2] = batch.batch["response_mask"][row, :2].float()
     batch.batch[HPT_PREFIX_MASK] = prefix
     metrics = {}
-    t._record_generation(metrics, batch, stats, alpha=np.array([0.0, 1.0]))
+    _record_generation(t, metrics, batch, stats, alpha=np.array([0.0, 1.0]))
     assert metrics["hpt/gen/tokens"] == tokens - float(prefix.sum()) and float(prefix.sum()) == 2.0
     assert metrics["hpt/stages/prefix_rows"] == 1 and metrics["hpt/stages/prefix_tokens"] == 2.0
     batch.batch.pop(HPT_PREFIX_MASK)
     sft_only = _bare_trainer(char_tok, gate=GateConfig(strategy="always"))
     metrics = {}
-    sft_only._record_generation(metrics, batch, stats, alpha=np.array([0.0, 0.0]))
+    _record_generation(sft_only, metrics, batch, stats, alpha=np.array([0.0, 0.0]))
     assert metrics["hpt/gen/tokens"] == 0 and metrics["hpt/gen/tokens_wasted"] == 0
 
 

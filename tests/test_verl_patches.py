@@ -162,7 +162,7 @@ def test_staged_dispatch_aligns_extra_fields_that_verls_concat_refuses():
     import numpy as np
     from verl import DataProto
 
-    from verl_ext.hpt.staged_rollout import _align_non_tensor_keys
+    from verl_ext.hpt.staging.manager import _align_non_tensor_keys
 
     def chunk(**fields):
         return DataProto.from_dict(tensors={"x": torch.zeros(1, 2)},

@@ -3,13 +3,14 @@
 Same shape as verl's recipes (e.g. DAPO): a TaskRunner that builds verl's workers, datasets and
 the trainer subclass, launched through verl's own ``run_ppo`` (Ray init + remote runner).
 
-Start-up checks: the config (:class:`verl_ext.hpt.config.HPTConfig`) in ``run_hpt`` before Ray
-starts; the data rows (:func:`verl_ext.hpt.filtered_data.validate_data`) in ``HPTTaskRunner.run``
-with the run's tokenizer, before the datasets, the trainer or any worker exist (a bad row raises, or
-with ``hpt.data.on_bad_row=skip`` is removed and counted, and ``data.*_files`` point at the filtered
-copies; the counts reach the trainer's first-step metrics and ``hpt_summary.json``). The
-reward function in use is printed (:func:`verl_ext.hpt.demo_scoring.resolve_reward`) and every
-data_source and a sample of the demonstrations are scored with it before any worker starts.
+Start-up checks (:mod:`verl_ext.checks`): the config in ``run_hpt`` before Ray starts
+(:func:`verl_ext.checks.startup_checks`); the data rows (:func:`verl_ext.checks.data.validate_data`)
+in ``HPTTaskRunner.run`` with the run's tokenizer, before the datasets, the trainer or any worker
+exist (a bad row raises, or with ``hpt.data.on_bad_row=skip`` is removed and counted, and
+``data.*_files`` point at the filtered copies; the counts reach the trainer's first-step metrics and
+``hpt_summary.json``). The reward function in use is printed
+(:func:`verl_ext.checks.reward.resolve_reward`) and every data_source and a sample of the
+demonstrations are scored with it before any worker starts.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import hydra
 import ray
 from omegaconf import OmegaConf, open_dict
 
-from recipe.hpt.hpt_ray_trainer import settings_warnings, unsupported_settings
 from recipe.hpt.runtime import prepare_runtime
-from verl_ext.hpt.environment import check_attention_implementation
-from verl_ext.hpt.demo_scoring import resolve_reward
+from verl_ext.checks import startup_checks
+from verl_ext.checks.data import validate_data
+from verl_ext.checks.reward import resolve_reward
 from verl_ext.hpt.config import HPTConfig
-from verl_ext.hpt.filtered_data import validate_data
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
 from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
@@ -68,7 +68,8 @@ class HPTTaskRunner(BaseTaskRunner):
         # Every row checked before anything is built (the contract, verl_ext/data/contract.py; each
         # data_source and a sample of demonstrations scored with `reward`). verl reads the files the
         # report names: the inputs, or filtered copies of those that lost rows.
-        data_report = validate_data(config, tokenizer, reward=reward)
+        hpt = HPTConfig.from_config(config)  # the hpt node, parsed once for the data check and the trainer
+        data_report = validate_data(config, tokenizer, reward=reward, hpt=hpt)
         with open_dict(config):
             config.data.train_files = data_report.train_files
             config.data.val_files = data_report.val_files
@@ -100,6 +101,7 @@ class HPTTaskRunner(BaseTaskRunner):
             collate_fn=collate_fn,
             train_sampler=train_sampler,
             data_report=data_report,
+            hpt=hpt,
         )
         trainer.init_workers()
         trainer.fit()
@@ -116,13 +118,7 @@ def run_hpt(config):
     from verl.experimental.reward_loop import migrate_legacy_reward_impl
     from verl.utils.device import auto_set_device
 
-    HPTConfig.from_config(config)  # every config check, before Ray and any worker: a bad setting fails in seconds
-    check_attention_implementation(config)
-    unsupported = unsupported_settings(config)
-    if unsupported:
-        raise ValueError("HPT cannot run this configuration:\n- " + "\n- ".join(unsupported))
-    for warning in settings_warnings(config):
-        print(f"WARNING (hpt): {warning}")
+    startup_checks(config)  # every config check, before Ray and any worker: a bad setting fails in seconds
     prepare_runtime(config)
     auto_set_device(config)
     config = migrate_legacy_reward_impl(config)

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
-import sys
 import time
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-
-from verl_ext.data.benchmarks import BENCHMARKS, clean_ground_truth, load_questions  # noqa: E402
+from verl_ext.data.benchmarks import BENCHMARKS, clean_ground_truth, load_questions
 
 HARD = ["9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}", "(x+1)^{100000}", "(" * 40 + "1" + ")" * 40, "10^{10^{10}}"]
 

@@ -1,6 +1,6 @@
 # Shared settings of the launch scripts in scripts/train/ (sourced, not run on its own).
 #
-# Each launch script is one paper run: `python3 -m recipe.hpt.main_hpt +exp=<configs/exp file>`
+# Each launch script is one paper run: `python3 -m recipe.hpt.main_hpt +exp=<recipe/hpt/config/exp file>`
 # plus the launch-time values below. Anything after the script name is passed on to Hydra, e.g.
 #   scripts/train/hpt_qwen7b.sh trainer.total_training_steps=10 trainer.logger=[console,wandb]
 #
@@ -44,7 +44,7 @@
 # repo (with its venv) must be installed at the same path on all nodes.
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO_ROOT"   # configs/ is on Hydra's search path relative to the launch directory
+cd "$REPO_ROOT"   # relative paths below (data/, checkpoints/) are the repo's
 
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
@@ -93,7 +93,7 @@ if is_hub_id "$MODEL" && [[ ${MODEL_ID_NAME,,} != "$(basename "${MODEL_NAME,,}")
 fi
 
 # Qwen2.5-Math ships rope_theta 10000 / 4096 positions; the release (after LUFFY) trains a copy
-# with rope_theta 40000 / 16384 positions so 1024 + 8192 tokens fit (configs/exp/release_gpu.yaml).
+# with rope_theta 40000 / 16384 positions so 1024 + 8192 tokens fit (recipe/hpt/config/exp/release_gpu.yaml).
 # For a hub id the copy goes under MODEL_DIR (a path relative to the launch directory, such as
 # "Qwen/Qwen2.5-Math-7B-rope40k", would not resolve in the Ray workers), and auto decides by the id:
 # a non-Math model given as an id goes to verl as it is, whatever the script's MODEL_NAME.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Baseline "GRPO" (paper: Qwen2.5-Math-7B ID avg 43.1; 1.5B 34.0; LLaMA-3.1-8B 9.6): configs/exp/baseline_grpo.yaml.
+# Baseline "GRPO" (paper: Qwen2.5-Math-7B ID avg 43.1; 1.5B 34.0; LLaMA-3.1-8B 9.6): recipe/hpt/config/exp/baseline_grpo.yaml.
 # Its loss and lr are UNCONFIRMED (no release script); see the exp file.
 # The model picks the row: MODEL_NAME=Qwen2.5-Math-7B (default; Table 2), Qwen2.5-Math-1.5B or
-# Llama-3.1-8B (Table 3; LLaMA adds configs/exp/llama_zero_template.yaml and the zero-template data).
+# Llama-3.1-8B (Table 3; LLaMA adds recipe/hpt/config/exp/llama_zero_template.yaml and the zero-template data).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail
 MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-7B}

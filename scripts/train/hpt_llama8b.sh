@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Table 3, "HPT" on LLaMA-3.1-8B base (paper: avg 18.2): configs/exp/hpt_llama8b.yaml.
+# Table 3, "HPT" on LLaMA-3.1-8B base (paper: avg 18.2): recipe/hpt/config/exp/hpt_llama8b.yaml.
 # Needs the zero-template data (TRAIN/VAL_DIR defaults: openr1_zero.parquet, benchmarks_zero/).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# HPT in the paper-equation mode (PPO clip, std-normalised advantages; configs/exp/hpt_paper_eq.yaml)
+# HPT in the paper-equation mode (PPO clip, std-normalised advantages; recipe/hpt/config/exp/hpt_paper_eq.yaml)
 # on top of the model's HPT settings. No paper number: the paper's numbers come from the release's
 # code path (hpt_qwen7b.sh etc.). MODEL_NAME=Qwen2.5-Math-7B (default), Qwen2.5-Math-1.5B or Llama-3.1-8B.
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Table 3, "HPT" on Qwen2.5-Math-1.5B (paper: avg 41.9): configs/exp/hpt_qwen1_5b.yaml.
+# Table 3, "HPT" on Qwen2.5-Math-1.5B (paper: avg 41.9): recipe/hpt/config/exp/hpt_qwen1_5b.yaml.
 # The same run is Table 5 "SFT/ON (HPT)" and Table 6 "gamma=0" (scripts/eval/eval_all.sh reuses it).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Table 2, "HPT" on Qwen2.5-Math-7B (paper: ID avg 52.7, OOD avg 62.3): configs/exp/hpt_qwen7b.yaml.
+# Table 2, "HPT" on Qwen2.5-Math-7B (paper: ID avg 52.7, OOD avg 62.3): recipe/hpt/config/exp/hpt_qwen7b.yaml.
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail
 MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-7B}

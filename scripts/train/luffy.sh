@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Baseline "LUFFY" (paper: Qwen2.5-Math-7B ID avg 49.8; 1.5B 34.7; LLaMA-3.1-8B 13.2): configs/exp/baseline_luffy.yaml.
+# Baseline "LUFFY" (paper: Qwen2.5-Math-7B ID avg 49.8; 1.5B 34.7; LLaMA-3.1-8B 13.2): recipe/hpt/config/exp/baseline_luffy.yaml.
 # The model picks the row: MODEL_NAME=Qwen2.5-Math-7B (default; Table 2), Qwen2.5-Math-1.5B or
-# Llama-3.1-8B (Table 3; LLaMA adds configs/exp/llama_zero_template.yaml and the zero-template data).
+# Llama-3.1-8B (Table 3; LLaMA adds recipe/hpt/config/exp/llama_zero_template.yaml and the zero-template data).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail
 MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-7B}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Table 2, "SFT -> GRPO" (paper: Qwen2.5-Math-7B ID avg 46.5, OOD 49.3), two chained runs:
-#   stage 1  SFT on OpenR1-46k (configs/exp/baseline_sft.yaml, via scripts/train/sft.sh);
+#   stage 1  SFT on OpenR1-46k (recipe/hpt/config/exp/baseline_sft.yaml, via scripts/train/sft.sh);
 #   stage 2  GRPO from stage 1's last checkpoint (its actor/huggingface folder) on the OpenR1
-#            complement set, LUFFY's SFT->RL convention (configs/exp/baseline_sft_grpo_stage2.yaml).
+#            complement set, LUFFY's SFT->RL convention (recipe/hpt/config/exp/baseline_sft_grpo_stage2.yaml).
 # Stage 2's hyperparameters are UNCONFIRMED (no release script); see the exp files.
 #
 # Environment: as scripts/train/_common.sh, plus
@@ -37,7 +37,7 @@ if [[ -z "${SFT_MODEL:-}" ]]; then
 fi
 if [[ $DRY_RUN != 1 ]] && ! compgen -G "$SFT_MODEL/*.safetensors" > /dev/null && ! compgen -G "$SFT_MODEL/*.bin" > /dev/null; then
   echo "no HF weights in $SFT_MODEL: save checkpoints with actor.checkpoint.save_contents including hf_model" >&2
-  echo "(configs/exp/release_gpu.yaml does) or merge the FSDP shards first:" >&2
+  echo "(recipe/hpt/config/exp/release_gpu.yaml does) or merge the FSDP shards first:" >&2
   echo "  python3 -m verl.model_merger merge --backend fsdp --local_dir ${SFT_MODEL%/huggingface} --target_dir $SFT_MODEL" >&2
   exit 1
 fi

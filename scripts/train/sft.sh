@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Baseline "SFT" (paper: Qwen2.5-Math-7B ID avg 44.5; 1.5B 36.9; LLaMA-3.1-8B 5.9): configs/exp/baseline_sft.yaml.
+# Baseline "SFT" (paper: Qwen2.5-Math-7B ID avg 44.5; 1.5B 36.9; LLaMA-3.1-8B 5.9): recipe/hpt/config/exp/baseline_sft.yaml.
 # The paper's SFT model was trained with OpenRLHF, not with this trainer (see the exp file).
 # The model picks the row: MODEL_NAME=Qwen2.5-Math-7B (default; Table 2), Qwen2.5-Math-1.5B or
-# Llama-3.1-8B (Table 3; LLaMA adds configs/exp/llama_zero_template.yaml and the zero-template data).
+# Llama-3.1-8B (Table 3; LLaMA adds recipe/hpt/config/exp/llama_zero_template.yaml and the zero-template data).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail
 MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-7B}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Baseline "SRFT (re-implemented)" (paper: Qwen2.5-Math-7B ID avg 44.2, OOD 58.7): configs/exp/baseline_srft.yaml.
+# Baseline "SRFT (re-implemented)" (paper: Qwen2.5-Math-7B ID avg 44.2, OOD 58.7): recipe/hpt/config/exp/baseline_srft.yaml.
 # Loss: upge/srft_release.yaml, the release's SRFT rule (entropy-weighted rollout advantages and
 # demonstration NLL, LUFFY's shaping, entropy bonus per micro-batch); see the exp file.
 # The model picks the row: MODEL_NAME=Qwen2.5-Math-7B (default; Table 2), Qwen2.5-Math-1.5B or
-# Llama-3.1-8B (Table 3; LLaMA adds configs/exp/llama_zero_template.yaml and the zero-template data).
+# Llama-3.1-8B (Table 3; LLaMA adds recipe/hpt/config/exp/llama_zero_template.yaml and the zero-template data).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail
 MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-7B}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Table 5, "Mix/ON" (paper: ID avg 40.3; model believed Qwen2.5-Math-1.5B): configs/exp/table5_mix_on.yaml.
+# Table 5, "Mix/ON" (paper: ID avg 40.3; model believed Qwen2.5-Math-1.5B): recipe/hpt/config/exp/table5_mix_on.yaml.
 # "SFT/ON" is the HPT 1.5B run (hpt_qwen1_5b.sh); "OFF/ON" is table5_off_on.sh.
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail

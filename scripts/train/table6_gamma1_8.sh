@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Table 6, gate gamma = 1/8 (paper: ID avg 38.7; model believed Qwen2.5-Math-1.5B): configs/exp/table6_gamma1_8.yaml.
+# Table 6, gate gamma = 1/8 (paper: ID avg 38.7; model believed Qwen2.5-Math-1.5B): recipe/hpt/config/exp/table6_gamma1_8.yaml.
 # gamma = 0 is the HPT 1.5B run (hpt_qwen1_5b.sh).
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Table 6, gate gamma = 2/8 (paper: ID avg 39.0; model believed Qwen2.5-Math-1.5B): configs/exp/table6_gamma2_8.yaml.
+# Table 6, gate gamma = 2/8 (paper: ID avg 39.0; model believed Qwen2.5-Math-1.5B): recipe/hpt/config/exp/table6_gamma2_8.yaml.
 # Environment, data preparation and multi-node notes: scripts/train/_common.sh.
 set -euo pipefail
 MODEL_NAME=${MODEL_NAME:-Qwen2.5-Math-1.5B}

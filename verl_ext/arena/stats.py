@@ -1,14 +1,13 @@
-"""Statistics of the arena: intervals over problems and seeds, paired significance, pass@k.
+"""Statistics of the arena: intervals over problems and seeds, and paired significance.
 
 Correctness arrays are (seeds, problems) 0/1 matrices whose columns are the same problems for every
 method (the arena evaluates every run on the same fixed test files), so comparisons are paired by
 problem. The bootstrap resamples problems (one draw of problem indices shared by both methods of a
-comparison) and, independently per method, seeds.
+comparison) and, independently per method, seeds. pass@k is not here: the project has one,
+``verl_ext.eval.passk`` (the arena's report uses its ``pass_at_k_curve``).
 """
 
 from __future__ import annotations
-
-from math import comb
 
 import numpy as np
 
@@ -65,18 +64,3 @@ def paired_bootstrap(x, y, level: float = 0.95, n_boot: int = N_BOOT, seed: int 
     p = 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean()))
     return {"diff": float(a.mean() - b.mean()), "low": float(lo), "high": float(hi), "p": min(1.0, p),
             "significant": bool(lo > 0 or hi < 0)}
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 − C(n−c,k)/C(n,k)."""
-    if k > n:
-        raise ValueError(f"k={k} > n={n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def pass_at_k_curve(counts, n: int, ks) -> dict[int, float]:
-    """Mean pass@k over problems, for each k: ``counts`` are correct samples per problem (of n)."""
-    counts = list(counts)
-    return {int(k): float(np.mean([pass_at_k(n, int(c), int(k)) for c in counts])) for k in ks}

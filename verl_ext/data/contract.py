@@ -20,7 +20,7 @@ Every entry must be a non-empty string; a bad one is named with its index (``ext
 :data:`CONTRACT` lists every field with its type, when it is required and who reads it;
 :func:`contract_markdown` renders it (the README's "Your own data" section carries the same table,
 a test keeps the two in step). The ``check_*`` functions below are the per-field checks that
-:mod:`verl_ext.hpt.row_checks` runs on every row at start-up; each returns ``None`` for a good
+:mod:`verl_ext.checks.rows` runs on every row at start-up; each returns ``None`` for a good
 value or ``(reason, detail)``. Every field the trainer reads *after generation* (``data_source``,
 ``reward_model.ground_truth``, ``extra_info.index``, the demonstration) is among them, so a bad
 value stops the start with file, row and field named instead of crashing a step.
@@ -30,11 +30,11 @@ id in its per-step gate decisions (ints stay ints, other ids are kept as strings
 boolean, a list or a null is refused.
 
 The answer format is part of the contract too, but it is the reward's: the project's math reward
-(``verl_ext/reward``, what ``configs/exp/cpu_default.yaml`` and the GPU scripts use) reads the
+(``verl_ext/reward``, what ``recipe/hpt/config/exp/cpu_default.yaml`` and the GPU scripts use) reads the
 *last* ``\\boxed{...}`` of a response; verl's own dispatch on ``data_source``
 (``verl.utils.reward_score.default_compute_score``, used when ``reward.custom_reward_function.path``
 is null) reads ``#### N`` for ``openai/gsm8k``. Demonstrations must end in the format the run's
-reward reads: the start-up demonstration check (:mod:`verl_ext.hpt.demo_scoring`) scores them with
+reward reads: the start-up demonstration check (:mod:`verl_ext.checks.reward`) scores them with
 that reward and stops the run when too few pass.
 """
 
@@ -204,9 +204,9 @@ def demo_path(demo_field: str, index: Optional[int] = None) -> str:
 
 def check_demo(row: dict, demo_field: str) -> Problem:
     """The row's demonstration (a string or a list of strings), judged by
-    :func:`verl_ext.hpt.demonstrations.demonstration_problem` (a bad list entry's detail starts with
+    :func:`verl_ext.data.demonstration_field.demonstration_problem` (a bad list entry's detail starts with
     its ``[index]``)."""
-    from verl_ext.hpt.demonstrations import demonstration_of, demonstration_problem
+    from verl_ext.data.demonstration_field import demonstration_of, demonstration_problem
 
     return demonstration_problem(demonstration_of(row.get("extra_info"), demo_field))
 
@@ -214,7 +214,7 @@ def check_demo(row: dict, demo_field: str) -> Problem:
 def check_demo_field(row: dict, demo_field: str) -> Optional[tuple[str, str, str]]:
     """:func:`check_demo` with the field named: (``extra_info.<demo>`` or, for a bad list entry,
     ``extra_info.<demo>[i]``, reason, detail), or None."""
-    from verl_ext.hpt.demonstrations import demonstration_entry_problem, demonstration_of
+    from verl_ext.data.demonstration_field import demonstration_entry_problem, demonstration_of
 
     p = demonstration_entry_problem(demonstration_of(row.get("extra_info"), demo_field))
     return None if p is None else (demo_path(demo_field, p[0]), p[1], p[2])

@@ -1,2 +1,3 @@
-"""Evaluation helpers: pass@k/avg@k (``passk``), generation backends (``generate``), the
-evaluation driver (``runner``) and paper-table rendering (``table``, ``plot``)."""
+"""Evaluation: the one evaluation loop (``evaluator``: template -> sample -> grade), its sampling
+backends (``generate``), pass@k/avg@k (``passk``), the benchmark driver (``runner``) and
+paper-table rendering (``table``, ``plot``)."""

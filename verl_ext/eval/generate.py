@@ -1,13 +1,18 @@
-"""Sampling backends for evaluation: vLLM (GPU) and Hugging Face ``generate`` (CPU fallback).
+"""Sampling backends of the evaluator (``verl_ext.eval.evaluator``): vLLM (GPU), Hugging Face
+``generate`` (CPU fallback) and :class:`TorchSampler` (an in-memory model sampled by the ``hf``
+rollout's own sampler; the arithmetic task's and the arena's evaluations).
 
-Both take already-templated prompt strings (so prompt formatting is identical across
-backends), tokenise them without adding special tokens (the chat template already contains
-them), and return ``n`` decoded completions per prompt with special tokens removed.
+Every backend is a :class:`Generator`: ``render`` turns chat messages into the prompts its
+``generate`` takes, and ``generate`` returns ``n`` decoded completions per prompt with special
+tokens removed. vLLM and HF take templated prompt strings (so prompt formatting is identical across
+those two) and tokenise them without adding special tokens (the chat template already contains
+them); :class:`TorchSampler` takes the template's token ids, as the ``hf`` rollout does.
 """
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,7 +58,64 @@ def render_prompts(tokenizer, messages_list: Sequence[list[dict]]) -> list[str]:
     return out
 
 
-class HFGenerator:
+class Generator(ABC):
+    """A sampling backend as the evaluator drives it: ``tokenizer``, ``render`` and ``generate``."""
+
+    tokenizer = None
+
+    def render(self, messages_list: Sequence[list[dict]]) -> list:
+        """The prompts :meth:`generate` takes: templated strings (:func:`render_prompts`)."""
+        return render_prompts(self.tokenizer, messages_list)
+
+    @abstractmethod
+    def generate(self, prompts: Sequence, cfg: SamplingConfig, progress=None) -> list[list[str]]:
+        """``cfg.n`` decoded completions per prompt, in prompt order; ``progress`` (a tqdm bar or
+        None) is advanced by one per prompt done."""
+
+
+class TorchSampler(Generator):
+    """An in-memory Hugging Face model sampled with ``verl_ext.rollout.sampling.sample_batch``, the
+    sampler the ``hf`` rollout trains with, so that an evaluation samples exactly as training does.
+
+    Prompts are the chat template's token ids. ``generate`` repeats each prompt ``n`` times in a
+    row and cuts that list into batches of ``batch_size`` (a batch may hold several prompts' samples)
+    drawn from one ``torch.Generator`` seeded with ``cfg.seed``; the samples therefore depend on
+    ``batch_size``, which callers keep fixed for comparable numbers. ``cfg.top_p`` applies as given
+    (pass 1.0 for plain temperature sampling); no top-k.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 128):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def render(self, messages_list: Sequence[list[dict]]) -> list[list[int]]:
+        out = []
+        for messages in messages_list:
+            ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+            out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+        return out
+
+    def generate(self, prompts: Sequence[list[int]], cfg: SamplingConfig, progress=None) -> list[list[str]]:
+        import torch
+
+        from verl_ext.rollout.sampling import SamplingSpec, sample_batch
+
+        gen = torch.Generator().manual_seed(cfg.seed)
+        spec = SamplingSpec(temperature=cfg.temperature, top_p=cfg.top_p, top_k=-1, max_new_tokens=cfg.max_tokens)
+        stop = {self.tokenizer.eos_token_id}
+        flat = [p for p in prompts for _ in range(cfg.n)]
+        texts: list[str] = []
+        for start in range(0, len(flat), self.batch_size):
+            outs = sample_batch(self.model, flat[start: start + self.batch_size], spec, stop,
+                                self.tokenizer.pad_token_id, gen)
+            texts.extend(self.tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs)
+            if progress is not None:
+                progress.update(len(texts) // cfg.n - (len(texts) - len(outs)) // cfg.n)
+        return [texts[i * cfg.n: (i + 1) * cfg.n] for i in range(len(prompts))]
+
+
+class HFGenerator(Generator):
     """``transformers`` sampling; batches of prompts, ``n`` return sequences each."""
 
     def __init__(self, model_path: str, batch_size: int = 8, device: str | None = None, dtype: str | None = None,
@@ -96,7 +158,7 @@ class HFGenerator:
         return results
 
 
-class VLLMGenerator:
+class VLLMGenerator(Generator):
     """vLLM offline engine (GPU)."""
 
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,

@@ -12,6 +12,9 @@ thousands),
 
 avg@k is the mean correctness over the k samples of a question (what the paper reports as
 pass@1 with n = k samples: "avg@32" on AIME/AMC). A benchmark score is the mean over questions.
+
+This module is the project's one pass@k: the benchmark evaluation (``runner``) and the arena's
+report (``verl_ext.arena.report``, through :func:`pass_at_k_curve`) both use it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0  # every k-subset contains a correct sample
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
+
+
+def pass_at_k_curve(counts: Iterable[int], n: int, ks: Iterable[int]) -> dict[int, float]:
+    """Mean pass@k over problems for each k, from every problem's number of correct samples
+    (``counts``) out of the same ``n`` samples (the arena's fixed pass@k subset)."""
+    counts = list(counts)
+    return {int(k): float(np.mean([pass_at_k(n, int(c), int(k)) for c in counts])) for k in ks}
 
 
 def avg_at_k(scores: Sequence[float]) -> float:

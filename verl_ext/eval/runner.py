@@ -1,4 +1,5 @@
-"""Evaluation driver: generate n samples per question, score them, write samples and summary.
+"""Benchmark evaluation: n samples per question through the evaluator (``verl_ext.eval.evaluator``:
+template, sample with vLLM or HF, grade in a pool of worker processes), samples and summary written.
 
 Outputs in ``out_dir``:
 * ``samples/<benchmark>.jsonl``: one line per sample ``{benchmark, data_source, question_id,
@@ -14,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from verl_ext.data.benchmarks import IN_DISTRIBUTION, Benchmark, clean_ground_truth, get_benchmark, load_questions
 from verl_ext.data.prompts import build_messages
-from verl_ext.eval.generate import HFGenerator, SamplingConfig, VLLMGenerator, render_prompts, resolve_backend
+from verl_ext.eval.evaluator import Question, evaluate
+from verl_ext.eval.generate import HFGenerator, SamplingConfig, VLLMGenerator, resolve_backend
 from verl_ext.eval.passk import aggregate_benchmark
 
 logger = logging.getLogger(__name__)
@@ -72,41 +74,30 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     pool = GraderPool(num_workers=cfg.reward_workers)
     try:
         for bench in benches:
-            t0 = time.monotonic()
             n = cfg.n.get(bench.key, bench.default_n)
             questions = load_questions(bench, cfg.benchmark_dir, cfg.limit)
-            messages = [build_messages(q["question"], cfg.prompt_style) for q in questions]
-            prompts = render_prompts(gen.tokenizer, messages)
             scfg = SamplingConfig(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                   seed=cfg.seed)
-            bar = None
-            if cfg.progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(prompts), desc=f"{bench.key} generate (n={n})", unit="q", dynamic_ncols=True)
-            try:
-                completions = gen.generate(prompts, scfg, progress=bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-            t_gen = time.monotonic() - t0
-
-            flat = [(q, i, text) for q, texts in zip(questions, completions) for i, text in enumerate(texts)]
-            gts = [clean_ground_truth(q["answer"]) for q, _, _ in flat]
-            scored = score_batch([t for _, _, t in flat], gts, bench.data_source, timeout=cfg.reward_timeout,
-                                 progress=cfg.progress, desc=f"{bench.key} score", pool=pool)
+            grader = partial(score_batch, timeout=cfg.reward_timeout, progress=cfg.progress,
+                             desc=f"{bench.key} score", pool=pool)
+            asked = [Question(build_messages(q["question"], cfg.prompt_style), clean_ground_truth(q["answer"]),
+                              bench.data_source) for q in questions]
+            ev = evaluate(gen, asked, scfg, grader,
+                          progress_desc=f"{bench.key} generate (n={n})" if cfg.progress else None)
+            scored = ev.grading
             path = os.path.join(cfg.out_dir, "samples", f"{bench.key}.jsonl")
             per_question: dict[str, list[float]] = {q["id"]: [] for q in questions}
             with open(path, "w") as f:
-                for (q, i, text), gt, res in zip(flat, gts, scored.results):
-                    per_question[q["id"]].append(res["score"])
-                    f.write(json.dumps({"benchmark": bench.key, "data_source": bench.data_source,
-                                        "question_id": q["id"], "sample_idx": i, "response": text,
-                                        "pred": res["pred"], "score": res["score"], "timeout": res["timeout"],
-                                        "ground_truth": gt}) + "\n")
+                for q, a, texts, results in zip(questions, asked, ev.texts, ev.results):
+                    for i, (text, res) in enumerate(zip(texts, results)):
+                        per_question[q["id"]].append(res["score"])
+                        f.write(json.dumps({"benchmark": bench.key, "data_source": bench.data_source,
+                                            "question_id": q["id"], "sample_idx": i, "response": text,
+                                            "pred": res["pred"], "score": res["score"], "timeout": res["timeout"],
+                                            "ground_truth": a.ground_truth}) + "\n")
             agg = aggregate_benchmark(per_question)
             agg.update(timeouts=scored.num_timeouts, grader_errors=scored.num_errors,
-                       seconds_generate=round(t_gen, 2), seconds_score=round(scored.seconds, 2),
+                       seconds_generate=round(ev.seconds_generate, 2), seconds_score=round(scored.seconds, 2),
                        samples_file=os.path.relpath(path, cfg.out_dir))
             summary["benchmarks"][bench.key] = agg
             logger.info("%s: avg@%d = %.4f over %d questions", bench.key, agg["n"], agg["avg"], agg["num_questions"])

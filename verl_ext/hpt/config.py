@@ -6,7 +6,7 @@ the same config): ``hpt.gate`` (strategy, γ ∈ [0, 1], soft table, ...: :class
 ``actor_rollout_ref.rollout.n >= 2`` for a pass-rate gate (switch/soft) and n+1 rows in a soft table,
 the loss preset (``hpt.loss``, :func:`verl_ext.loss.load_upge_config`) has the arms the gate can route
 rows to, ``hpt.data.*`` (:class:`DataOptions`), ``hpt.demo_field``, ``hpt.demo_choice``, ``hpt.max_consecutive_skips``,
-``hpt.skip_grad_norm_above``, ``hpt.stages`` (:func:`verl_ext.hpt.stages.load_stages`). Every error
+``hpt.skip_grad_norm_above``, ``hpt.stages`` (:func:`verl_ext.hpt.staging.stages.load_stages`). Every error
 names the dotted key. Unknown preset names (``upge=foo``, ``+exp=foo``) are refused by Hydra itself,
 listing the available ones.
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 from verl_ext.hpt.gate import GateConfig
-from verl_ext.hpt.stages import Stage, load_stages
+from verl_ext.hpt.staging.stages import Stage, load_stages
 from verl_ext.loss.config import UPGELossConfig, load_upge_config
 
 ON_BAD_ROW = ("error", "skip")
@@ -154,7 +154,7 @@ class HPTConfig:
     data: DataOptions
     gate: GateConfig
     loss: UPGELossConfig
-    stages: Optional[tuple[Stage, ...]]  # None: all n rollouts at once (verl_ext/hpt/stages.py)
+    stages: Optional[tuple[Stage, ...]]  # None: all n rollouts at once (verl_ext/hpt/staging/stages.py)
 
     @property
     def needs_demonstrations(self) -> bool:

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from verl import DataProto
 
+from verl_ext.data.demonstration_field import demonstration_of, demonstration_problem
 from verl_ext.hpt.demonstrations import (
     demo_row_tensors,
-    demonstration_of,
-    demonstration_problem,
     encode_demonstrations,
     left_pad_prompts,
     pick_demonstrations,

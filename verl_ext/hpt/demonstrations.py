@@ -1,14 +1,14 @@
-"""Demonstrations: when one is usable, how it continues the prompt, its tokens, and its rows.
+"""Demonstrations: which one trains, how it continues the prompt, its tokens, and its rows.
 
 A demonstration is the text in ``extra_info[hpt.demo_field]`` (its default set in
 ``recipe/hpt/config/hpt_trainer.yaml``) of a question's row; the field may also hold a list of
-texts, several demonstrations of the question. Everything HPT does with one
-before the loss lives here, used by start-up validation (:func:`demonstration_problem` through
-:func:`verl_ext.data.contract.check_demo`), the trainer (:func:`usable_demonstrations`,
+texts, several demonstrations of the question. When one is usable is the data contract's rule
+(:mod:`verl_ext.data.demonstration_field`). Everything HPT does with one before the loss lives
+here, used by the step (:func:`usable_demonstrations`,
 :func:`pick_demonstrations`, :func:`encode_demonstrations`, :func:`prompt_token_ids`), the merge
 (:func:`build_demo_rows`) and the SFT-only stand-in (:mod:`verl_ext.hpt.demo_rollout`: :func:`left_pad_prompts` +
 :func:`demo_row_tensors`, the same row layout). Scoring a demonstration with the run's reward is
-:class:`verl_ext.hpt.demo_scoring.DemoScorer`.
+:class:`verl_ext.checks.reward.DemoScorer`.
 
 1. Usable: a string with some non-whitespace text, or a non-empty list of such strings (several
    demonstrations of one question, e.g. one per teacher as DYPO's data has them); any bad entry makes
@@ -30,83 +30,25 @@ before the loss lives here, used by start-up validation (:func:`demonstration_pr
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from verl import DataProto
 
+from verl_ext.data.demonstration_field import (
+    NO_QUESTION_ID,
+    demonstration_entries,
+    demonstration_of,
+    is_usable,
+    question_key,
+)
+
 PROMPT_TAIL_TOKENS = 64  # prompt tokens decoded to find an overlap (generation prompts are far shorter)
 OVERLAP_WINDOW_CHARS = 64  # the longest overlap looked for, in characters of the decoded prompt
-
-
-# ------------------------------------------------------------------------------------ usable
-LUFFY_HINT = " (LUFFY/OpenR1 keep a list of messages: convert with scripts/data/convert.py --format luffy)"
-
-
-def _listed(value: Any) -> Optional[list]:
-    """``value`` as a list when it is a list, a tuple or a numpy array (parquet read through pandas
-    gives arrays), else None."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
-        return list(value)
-    return None
-
-
-def demonstration_entry_problem(value: Any) -> Optional[tuple[Optional[int], str, str]]:
-    """Why ``value`` (an ``extra_info[demo_field]``) is not a usable demonstration: (index, reason,
-    detail), or None when it is one. ``index`` is the bad entry's position in a list (None for the
-    value as a whole); ``detail`` does not repeat it.
-
-    The rule: a string with some non-whitespace text, or a non-empty list whose every entry is one.
-    Reasons: ``demo_missing`` (absent, None, blank, an empty list, or a list entry that is None or
-    blank), ``demo_not_string`` (neither a string nor a list, or a list entry that is not a string:
-    a list of ``{role, content}`` messages, LUFFY's layout, is pointed at the converter)."""
-    if value is None:
-        return None, "demo_missing", "missing"
-    if isinstance(value, str):
-        return (None, "demo_missing", "is empty") if not value.strip() else None
-    entries = _listed(value)
-    if entries is None:
-        return None, "demo_not_string", f"is a {type(value).__name__}, expected a string or a list of strings"
-    if not entries:
-        return None, "demo_missing", "is an empty list (several demonstrations: a list of non-empty strings)"
-    for j, entry in enumerate(entries):
-        if entry is None:
-            return j, "demo_missing", "is missing (null); every listed demonstration must be a non-empty string"
-        if not isinstance(entry, str):
-            hint = LUFFY_HINT if isinstance(entry, dict) or _listed(entry) is not None else ""
-            return j, "demo_not_string", f"is a {type(entry).__name__}, expected a string{hint}"
-        if not entry.strip():
-            return j, "demo_missing", "is empty; every listed demonstration must be a non-empty string"
-    return None
-
-
-def demonstration_problem(value: Any) -> Optional[tuple[str, str]]:
-    """Why ``value`` is not a usable demonstration: (reason, detail), or None when it is one
-    (:func:`demonstration_entry_problem`'s rule; a bad list entry's detail starts with its ``[index]``)."""
-    p = demonstration_entry_problem(value)
-    if p is None:
-        return None
-    index, reason, detail = p
-    return reason, detail if index is None else f"[{index}] {detail}"
-
-
-def is_usable(value: Any) -> bool:
-    return demonstration_problem(value) is None
-
-
-def demonstration_entries(value: Any) -> list[str]:
-    """The demonstrations a usable ``value`` holds: ``[value]`` for a string, the list's strings for a list."""
-    p = demonstration_problem(value)
-    if p is not None:
-        raise ValueError(f"not a usable demonstration: {p[1]}")
-    return [value] if isinstance(value, str) else [str(e) for e in _listed(value)]
-
-
-def demonstration_of(extra_info: Any, demo_field: str) -> Any:
-    """The raw ``extra_info[demo_field]`` of one row (None when the row has no such field)."""
-    return extra_info.get(demo_field) if isinstance(extra_info, dict) else None
 
 
 def usable_demonstrations(extra_infos: Optional[Sequence], rows: Sequence[int], demo_field: str) -> list:
@@ -125,23 +67,6 @@ def usable_demonstrations(extra_infos: Optional[Sequence], rows: Sequence[int], 
 
 # ------------------------------------------------------------------------------------ chosen
 DEMO_CHOICES = ("uniform", "shortest", "first", "all")  # hpt.demo_choice
-NO_QUESTION_ID = -1  # the trainer's id of a row without extra_info.index
-
-
-def choice_question_key(question_id: Any) -> int | str:
-    """A question id as the uniform draw keys it, the same rule as the trainer's logged id
-    (``recipe.hpt.hpt_ray_trainer.question_id``): ints (and integral floats, as parquet turns an
-    int column with nulls into floats) as ints, None/booleans as -1, anything else as its string.
-    So the raw ``extra_info.index`` (the SFT-only stand-in) and the logged id (the trainer) draw alike."""
-    if question_id is None or isinstance(question_id, (bool, np.bool_)):
-        return NO_QUESTION_ID
-    if isinstance(question_id, (int, np.integer)):
-        return int(question_id)
-    if isinstance(question_id, (float, np.floating)) and float(question_id).is_integer():
-        return int(question_id)
-    return str(question_id)
-
-
 def uniform_index(entries: Sequence[str], seed: int, step: int, question_id: Any) -> int:
     """The entry ``uniform`` draws: a hash of (``seed``, ``step``, question id) mod the number of
     entries (:func:`verl_ext.rollout.sampling.row_seed`: the same in every process and on resume).
@@ -149,7 +74,7 @@ def uniform_index(entries: Sequence[str], seed: int, step: int, question_id: Any
     questions do not all draw the same position at a step."""
     from verl_ext.rollout.sampling import row_seed
 
-    key = choice_question_key(question_id)
+    key = question_key(question_id)
     if key == NO_QUESTION_ID:
         key = "text:" + str(entries[0])
     return row_seed("hpt.demo_choice", int(seed), int(step), key) % len(entries)
@@ -422,3 +347,61 @@ def build_demo_rows(template: DataProto, demo_ids: Sequence[Sequence[int]], pad_
             tensors[key] = t[key].clone()
     non_tensors = {k: v.copy() for k, v in template.non_tensor_batch.items()}
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors, meta_info=dict(template.meta_info))
+
+
+# ------------------------------------------------------------------------------------ scored
+class DemoScorer:
+    """Demonstrations scored with the run's reward function (``reward.custom_reward_function``, else
+    verl's ``default_compute_score``): a demonstration never passes through verl's reward workers,
+    but its score is logged and, with ``placement=add``, enters its group's advantage statistics."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    @classmethod
+    def from_config(cls, config) -> "DemoScorer":
+        from verl.trainer.ppo.reward import get_custom_reward_fn
+
+        fn = get_custom_reward_fn(config)
+        if fn is None:
+            from verl.utils.reward_score import default_compute_score
+
+            fn = default_compute_score
+        return cls(fn)
+
+    def score(self, batch, rows: Sequence[int], texts: Sequence[str]) -> list[dict]:
+        """Score ``texts[i]`` as the response of batch row ``rows[i]``; dicts with at least ``score``."""
+        nt = batch.non_tensor_batch
+        out = []
+        for row, text in zip(rows, texts):
+            row = int(row)
+            rm = nt["reward_model"][row] if "reward_model" in nt else {}
+            res = call_sync(self.fn, data_source=nt["data_source"][row] if "data_source" in nt else None,
+                            solution_str=text, ground_truth=(rm or {}).get("ground_truth"),
+                            extra_info=nt["extra_info"][row] if "extra_info" in nt else None)
+            out.append(dict(res) if isinstance(res, dict) else {"score": float(res)})
+        return out
+
+
+def call_sync(fn: Callable[..., Any], **kwargs) -> Any:
+    """``fn(**kwargs)``, awaited when it returns an awaitable (verl's reward functions may be async),
+    also from inside a running event loop (then in a thread of its own)."""
+    res = fn(**kwargs)
+    if inspect.isawaitable(res):
+        res = asyncio.run(res) if not _loop_running() else _run_in_thread(res)
+    return res
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _run_in_thread(coro):
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, coro).result()

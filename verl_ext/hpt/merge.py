@@ -242,3 +242,40 @@ def pad_with_zero_weight_rows(batch: DataProto, multiple: int) -> tuple[DataProt
     pad.non_tensor_batch["uid"] = np.asarray([f"{PAD_UID_PREFIX}{len(batch) + i}" for i in range(n_pad)],
                                              dtype=object)
     return DataProto.concat([batch, pad]), n_pad
+
+
+def neutralise_demo_rollout_log_probs(batch: DataProto, actor_log_probs: torch.Tensor) -> Optional[dict]:
+    """Demonstration rows' ``rollout_log_probs`` := the actor's own old log-probs, in place; returns
+    verl's rollout-vs-actor mismatch metrics over the sampled rows alone (None when nothing changed).
+
+    A demonstration was never sampled by the rollout engine, so it has no rollout log-prob. Setting
+    it to the actor's own log-prob makes it neutral for everything verl derives from the pair, on
+    every step and for every row, instead of dropping the key for the whole step: rollout correction
+    (decoupled mode) sees log-ratio 0 there, i.e. IS weight 1 and never a rejection, and the HPT loss
+    applies IS weights to rollout rows only anyway. Demonstration-prefix tokens inside rollout rows
+    (staged prefix stages, ``hpt_prefix_mask``) were not sampled either. verl's mismatch metrics
+    (``training/rollout_probs_diff_*``) over every row would be diluted by those zero differences,
+    so they are recomputed here over the sampled tokens.
+    """
+    from verl.utils.debug.metrics import calculate_debug_metrics
+
+    keys = batch.batch.keys()
+    if "rollout_log_probs" not in keys or HPT_ROW_KIND not in keys:
+        return None
+    demo = batch.batch[HPT_ROW_KIND] != RowKind.ROLLOUT  # (B,) demonstration rows (any kind)
+    prefix = batch.batch[HPT_PREFIX_MASK].bool() if HPT_PREFIX_MASK in keys else None  # (B, T)
+    if not bool(demo.any()) and not (prefix is not None and bool(prefix.any())):
+        return None
+    rollout_lp = batch.batch["rollout_log_probs"]  # (B, T)
+    rollout_lp[demo] = actor_log_probs[demo].to(rollout_lp.dtype)
+    mask = batch.batch["response_mask"]
+    if prefix is not None:
+        rollout_lp[prefix] = actor_log_probs[prefix].to(rollout_lp.dtype)
+        mask = mask * (~prefix).to(mask.dtype)  # the metric over sampled tokens only
+    # Only the four tensors the metric reads, for the sampled rows (not a copy of the whole batch).
+    # No sampled row: verl's own "no valid token" answer (valid 0, NaN).
+    sampled = ~demo
+    view = DataProto.from_dict(tensors={
+        "rollout_log_probs": rollout_lp[sampled], "old_log_probs": actor_log_probs[sampled],
+        "response_mask": mask[sampled], "responses": batch.batch["responses"][sampled]})
+    return calculate_debug_metrics(view)

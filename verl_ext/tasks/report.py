@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PLOT_KEYS = {
+# The training dynamics every summary plots (the CPU route's dynamics.png here, the arena's per-run
+# records and dynamics.png in verl_ext.arena): short name -> (panel title, verl metric key).
+DYNAMICS = {
     # Rollouts' pass rate, not critic/score/mean: the latter also averages the demonstration rows
     # (scored 1), so it falls as the SFT share falls.
-    "rollout pass rate (hpt/pass_rate/mean)": "hpt/pass_rate/mean",
-    "SFT share of questions": "hpt/sft_question_share",
-    "response length (RL rows)": "hpt/response_length/rl",
-    "entropy (actor/entropy)": "actor/entropy",
+    "pass_rate": ("rollout pass rate (hpt/pass_rate/mean)", "hpt/pass_rate/mean"),
+    "sft_share": ("SFT share of questions", "hpt/sft_question_share"),
+    "response_length": ("response length (RL rows)", "hpt/response_length/rl"),
+    "entropy": ("entropy (actor/entropy)", "actor/entropy"),
 }
+PLOT_KEYS = {title: key for title, key in DYNAMICS.values()}
 
 
 def read_metrics(path: str | Path) -> list[dict]:

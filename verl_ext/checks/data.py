@@ -1,13 +1,13 @@
 """The start-up data check of an HPT run: every row of the run's files, and the files verl should read.
 
 :func:`validate_data` (called by ``main_hpt.HPTTaskRunner.run`` before the datasets and workers are
-built) runs the row checks (:mod:`verl_ext.hpt.row_checks`: the reasons, and what happens to a bad
+built) runs the row checks (:mod:`verl_ext.checks.rows`: the reasons, and what happens to a bad
 row) over ``data.train_files`` and ``data.val_files`` and returns a :class:`DataReport`. It does not
 change the config: ``report.train_files`` / ``report.val_files`` are the files to train and validate
 on, and the caller points ``data.*_files`` at them.
 
 Reward checks (when the caller passes the run's reward, as ``main_hpt`` does; see
-:mod:`verl_ext.hpt.demo_scoring`): one row of every ``data_source`` of every file is scored with
+:mod:`verl_ext.checks.reward`): one row of every ``data_source`` of every file is scored with
 the run's reward function, so a ``data_source`` it cannot score (verl's dispatch raises
 ``NotImplementedError`` for names it does not know) stops the start naming file, row and field
 instead of crashing a reward worker at step 1; and up to ``hpt.data.demo_check_rows``
@@ -32,10 +32,10 @@ import hashlib
 import json
 import logging
 import os
-from typing import Iterable
+from typing import Iterable, Optional
 
 from verl_ext.hpt.config import HPTConfig, to_plain
-from verl_ext.hpt.row_checks import (
+from verl_ext.checks.rows import (
     DataReport,
     DataValidationError,
     FileReport,
@@ -78,7 +78,7 @@ def validate_files(paths: Iterable[str], split: str, checks: RowChecks, tokenize
                    shown: int = 10, reward=None) -> tuple[list[str], list[FileReport]]:
     """Check ``paths``; raise on fatal problems; return (paths verl should read, reports).
 
-    ``reward`` (a :class:`verl_ext.hpt.demo_scoring.RunReward`, optional): also score one row per
+    ``reward`` (a :class:`verl_ext.checks.reward.RunReward`, optional): also score one row per
     data_source and the sampled demonstrations with it (see the module docstring)."""
     from verl.utils.fs import copy_to_local
 
@@ -104,7 +104,7 @@ def validate_files(paths: Iterable[str], split: str, checks: RowChecks, tokenize
                   f"(extra_info.{checks.demo_field}); kept: a gated question among them trains with RL "
                   f"(hpt.data.on_missing_demo=rl, counted per step as hpt/demo_missing)")
         if reward is not None:
-            from verl_ext.hpt.demo_scoring import check_data_sources, check_demonstrations
+            from verl_ext.checks.reward import check_data_sources, check_demonstrations
 
             check_data_sources(reward, path, scan.source_rows)
             if checks.check_demo and checks.demo_check_rows > 0:
@@ -120,14 +120,15 @@ def validate_files(paths: Iterable[str], split: str, checks: RowChecks, tokenize
     return new_paths, reports
 
 
-def validate_data(config, tokenizer, reward=None) -> DataReport:
+def validate_data(config, tokenizer, reward=None, hpt: Optional[HPTConfig] = None) -> DataReport:
     """Validate ``data.train_files`` and ``data.val_files`` (see the module docstring). Returns the
     report; its ``train_files`` / ``val_files`` are what verl should read (a filtered copy in place of
     a file that lost rows). ``config`` is left as it is.
 
-    ``reward``: the run's reward (:func:`verl_ext.hpt.demo_scoring.resolve_reward`); when given, the
-    data_sources and the demonstrations are also checked against it."""
-    hpt = HPTConfig.from_config(config)
+    ``reward``: the run's reward (:func:`verl_ext.checks.reward.resolve_reward`); when given, the
+    data_sources and the demonstrations are also checked against it. ``hpt``: the run's parsed
+    ``hpt`` node (parsed from ``config`` when not given)."""
+    hpt = hpt if hpt is not None else HPTConfig.from_config(config)
     opts, gate = hpt.data, hpt.gate
     data = config.data
     train_in, val_in = _file_list(data.train_files), _file_list(data.get("val_files", None))

@@ -1,8 +1,8 @@
 """``hpt_prefix_agent``: verl's single-turn agent loop, continuing a given response prefix.
 
-Staged generation's ``continue_with_prefix`` stages (:mod:`verl_ext.hpt.stages`) send a question's rows
+Staged generation's ``continue_with_prefix`` stages (:mod:`verl_ext.hpt.staging.stages`) send a question's rows
 here with a per-row ``hpt_prefix_ids`` (the first tokens of its demonstration, laid out after the prompt
-as a demonstration row's response, :mod:`verl_ext.hpt.prefix`). The row's prompt is built as verl's
+as a demonstration row's response, :mod:`verl_ext.hpt.staging.prefix`). The row's prompt is built as verl's
 ``SingleTurnAgentLoop`` builds it; the server then generates from prompt + prefix with ``max_tokens``
 reduced by the prefix length, and the row's response is prefix + generated tokens:
 
@@ -31,9 +31,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 from verl.utils.profiler import simple_timer
 
-PREFIX_AGENT = "hpt_prefix_agent"
-PREFIX_IDS_KEY = "hpt_prefix_ids"  # per-row kwarg: the prefix's token ids
-PREFIX_LEN_KEY = "hpt_prefix_len"  # extra field: the number of prefix tokens at the start of the response
+from verl_ext.hpt.staging.stages import PREFIX_AGENT, PREFIX_IDS_KEY, PREFIX_LEN_KEY
 
 
 @register(PREFIX_AGENT)

@@ -1,6 +1,6 @@
 """Row checks of one data file against the data contract, and the reports they fill.
 
-:func:`check_file` checks every row of one train or val file (:mod:`verl_ext.hpt.filtered_data` runs it
+:func:`check_file` checks every row of one train or val file (:mod:`verl_ext.checks.data` runs it
 over ``data.train_files`` / ``data.val_files`` at start-up and decides, with :func:`is_fatal`, what
 stops the start). A row's first problem is one of
 

@@ -5,7 +5,7 @@ as in LUFFY/SRFT, it enters the group's advantage statistics). verl computes rol
 its reward-loop workers; a demonstration never passes through them, so it is scored here with the
 same function: ``reward.custom_reward_function`` if set, else verl's ``default_compute_score``.
 
-Start-up (``main_hpt`` → :func:`verl_ext.hpt.filtered_data.validate_data` with
+Start-up (``main_hpt`` → :func:`verl_ext.checks.data.validate_data` with
 :func:`resolve_reward`):
 
 * :meth:`RunReward.describe` says which function grades the run and why (printed at start-up):
@@ -31,17 +31,16 @@ its data and demonstrations are not scored at start-up.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-import asyncio
 
 from verl_ext.data.contract import demo_path
-from verl_ext.hpt.row_checks import DataValidationError
+from verl_ext.checks.rows import DataValidationError
+from verl_ext.hpt.demonstrations import call_sync
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +90,8 @@ class RunReward:
 
     def score(self, data_source, text: str, ground_truth, extra_info=None) -> dict:
         """One score as verl's naive reward manager computes it (a dict with at least ``score``)."""
-        res = self.fn(data_source=data_source, solution_str=text, ground_truth=ground_truth,
-                      extra_info=dict(extra_info) if isinstance(extra_info, dict) else extra_info)
-        if inspect.isawaitable(res):
-            res = asyncio.run(res) if not _loop_running() else _run_in_thread(res)
+        res = call_sync(self.fn, data_source=data_source, solution_str=text, ground_truth=ground_truth,
+                        extra_info=dict(extra_info) if isinstance(extra_info, dict) else extra_info)
         return dict(res) if isinstance(res, dict) else {"score": float(res)}
 
 
@@ -239,52 +236,3 @@ def check_demonstrations(reward: RunReward, path: str, sample: Sequence[tuple], 
                      "hpt.data.demo_check_rows=0.")
         raise RewardCheckError("\n".join(lines))
     return result
-
-
-class DemoScorer:
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-
-    @classmethod
-    def from_config(cls, config) -> "DemoScorer":
-        from verl.trainer.ppo.reward import get_custom_reward_fn
-
-        fn = get_custom_reward_fn(config)
-        if fn is None:
-            from verl.utils.reward_score import default_compute_score
-
-            fn = default_compute_score
-        return cls(fn)
-
-    def score(self, batch, rows: Sequence[int], texts: Sequence[str]) -> list[dict]:
-        """Score ``texts[i]`` as the response of batch row ``rows[i]``; dicts with at least ``score``."""
-        nt = batch.non_tensor_batch
-        out = []
-        for row, text in zip(rows, texts):
-            row = int(row)
-            rm = nt["reward_model"][row] if "reward_model" in nt else {}
-            res = self.fn(
-                data_source=nt["data_source"][row] if "data_source" in nt else None,
-                solution_str=text,
-                ground_truth=(rm or {}).get("ground_truth"),
-                extra_info=nt["extra_info"][row] if "extra_info" in nt else None,
-            )
-            if inspect.isawaitable(res):
-                res = asyncio.run(res) if not _loop_running() else _run_in_thread(res)
-            out.append(dict(res) if isinstance(res, dict) else {"score": float(res)})
-        return out
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False
-
-
-def _run_in_thread(coro):
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()

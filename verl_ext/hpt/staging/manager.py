@@ -3,7 +3,7 @@
 It wraps verl's own rollout manager (``AgentLoopManager``: the ``hf`` or vLLM rollout, unchanged)
 and answers ``fit``'s one training-time ``generate_sequences`` call (B·n rows, n per question, the
 verified score ``rm_scores`` in each) with one inner call per stage, each for the questions still
-drawing (:func:`verl_ext.hpt.stages.run_stages` decides). Validation calls go straight through.
+drawing (:func:`verl_ext.hpt.staging.stages.run_stages` decides). Validation calls go straight through.
 
 The answer has ``fit``'s B·n rows in its order. A row never drawn is a placeholder: a copy of a
 drawn row of the same question with ``rm_scores`` zeroed, flagged ``hpt_sampled = False``; the
@@ -11,10 +11,10 @@ trainer drops placeholders before its gate (:func:`drop_placeholders`). Each row
 position in the full batch as verl's ``priority``, which seeds the ``hf`` rollout per row: a staged
 run draws exactly the rows a plain run draws in the same slots.
 
-A ``continue_with_prefix`` stage (:mod:`verl_ext.hpt.stages`) sends the rows of the questions whose
+A ``continue_with_prefix`` stage (:mod:`verl_ext.hpt.staging.stages`) sends the rows of the questions whose
 condition holds to verl's agent loop under ``agent_name = "hpt_prefix_agent"``
-(:mod:`verl_ext.rollout.prefix_agent_loop`) with ``hpt_prefix_ids``, the question's demonstration cut
-by :mod:`verl_ext.hpt.prefix` (``prefixer``); the stage's other rows keep verl's default agent loop.
+(:mod:`verl_ext.hpt.staging.prefix_agent_loop`) with ``hpt_prefix_ids``, the question's demonstration cut
+by :mod:`verl_ext.hpt.staging.prefix` (``prefixer``); the stage's other rows keep verl's default agent loop.
 When the stages have such an action, the answer carries ``hpt_prefix_mask`` (B, R) float: 1 on the
 prefix tokens at the start of a prefix row's response, 0 elsewhere (plain rows, placeholders). A
 question without a usable demonstration draws that stage's rows plainly.
@@ -38,12 +38,19 @@ import torch
 from verl import DataProto
 from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 
-from verl_ext.hpt.stages import PREFIX_ACTION, SAMPLED_KEY, STOPPED_KEY, Stage, StagePlan, run_stages
+from verl_ext.hpt.staging.stages import (
+    PREFIX_ACTION,
+    PREFIX_AGENT,
+    PREFIX_IDS_KEY,
+    PREFIX_LEN_KEY,
+    SAMPLED_KEY,
+    STOPPED_KEY,
+    Stage,
+    StagePlan,
+    run_stages,
+)
 from verl_ext.loss.batch_keys import HPT_PREFIX_MASK
 
-PREFIX_AGENT = "hpt_prefix_agent"  # verl_ext.rollout.prefix_agent_loop (not imported here: it needs verl's agent loop)
-PREFIX_IDS_KEY = "hpt_prefix_ids"
-PREFIX_LEN_KEY = "hpt_prefix_len"
 
 
 def question_rows(uids: np.ndarray, n: int) -> np.ndarray:
@@ -73,7 +80,7 @@ class StagedRolloutManager:
         self.before_rollout = before_rollout
         self.last_plan: Optional[StagePlan] = None
         self.last_padding_rows = 0
-        self.prefixer = prefixer  # verl_ext.hpt.prefix.DemonstrationPrefixer (needed by prefix stages)
+        self.prefixer = prefixer  # verl_ext.hpt.staging.prefix.DemonstrationPrefixer (needed by prefix stages)
         self.default_agent = default_agent  # verl's agent.default_agent_loop (None: read from the inner config)
         self.has_prefix = any(s.action == PREFIX_ACTION for s in self.stages)
         if self.has_prefix and prefixer is None:
@@ -237,22 +244,3 @@ def _align_non_tensor_keys(outputs: list) -> None:
             filler = np.empty(len(o), dtype=object)
             filler[:] = [None] * len(o)
             o.non_tensor_batch[key] = filler
-
-
-def drop_placeholders(batch: DataProto) -> tuple[DataProto, Optional[np.ndarray]]:
-    """``fit``'s batch without the rows never drawn, and the uids of questions stopped early.
-
-    Returns (batch, stopped_uids); a batch from a plain (unstaged) rollout is returned as it is with
-    ``None``. The staged keys are removed from the returned batch, which is a new object: the
-    caller's batch is not changed.
-    """
-    nt = batch.non_tensor_batch
-    if SAMPLED_KEY not in nt:
-        return batch, None
-    sampled = np.asarray(nt[SAMPLED_KEY], dtype=bool)
-    stopped = np.asarray(nt[STOPPED_KEY], dtype=bool)
-    stopped_uids = np.unique(np.asarray(nt["uid"], dtype=object)[stopped]) if stopped.any() else np.array([], object)
-    kept = batch.select_idxs(np.flatnonzero(sampled))
-    for key in (SAMPLED_KEY, STOPPED_KEY):
-        kept.non_tensor_batch.pop(key, None)
-    return kept, stopped_uids

@@ -24,13 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 from verl import DataProto
 
-from verl_ext.hpt.demonstrations import (
-    demonstration_of,
-    encode_demonstrations,
-    is_usable,
-    pick_demonstrations,
-    prompt_token_ids,
-)
+from verl_ext.data.demonstration_field import demonstration_of, is_usable
+from verl_ext.hpt.demonstrations import encode_demonstrations, pick_demonstrations, prompt_token_ids
 
 BLANK_LINE = "\n\n"
 SNAP_WINDOW = 0.3  # the snapping limit is min(1, f + SNAP_WINDOW)·L

@@ -19,10 +19,10 @@ stage's ``action`` applies, otherwise the stage's rows are drawn plainly:
 - ``continue``: the rows are drawn plainly (a stage that only documents a threshold).
 - ``continue_with_prefix`` (with ``prefix: f``, 0 < f ≤ 1): the question's rows in this stage continue
   the first part of its demonstration instead of starting from the prompt alone: the response is
-  the demonstration prefix (cut by :func:`verl_ext.hpt.prefix.prefix_cut_length`) followed by what
+  the demonstration prefix (cut by :func:`verl_ext.hpt.staging.prefix.prefix_cut_length`) followed by what
   the policy generates after it; f = 1 is the whole demonstration + EOS, nothing generated. The
   reward is computed on prefix + continuation. The rows are drawn by the ``hpt_prefix_agent`` agent
-  loop (:mod:`verl_ext.rollout.prefix_agent_loop`) and carry ``hpt_prefix_mask`` (1 on prefix tokens).
+  loop (:mod:`verl_ext.hpt.staging.prefix_agent_loop`) and carry ``hpt_prefix_mask`` (1 on prefix tokens).
 
 Rows never drawn stay in ``fit``'s batch as *placeholders* (verl's ``fit`` unions B·n generated rows
 with B·n prompt rows): copies of a drawn row of the same question, flagged ``hpt_sampled = False``.
@@ -52,6 +52,11 @@ PREFIX_ACTION = "continue_with_prefix"
 # Non-tensor keys the staged rollout adds to every generated row (popped by drop_placeholders).
 SAMPLED_KEY = "hpt_sampled"  # bool: drawn by the policy (False: a placeholder, never drawn)
 STOPPED_KEY = "hpt_stopped"  # bool: the row's question stopped early and goes to SFT
+# continue_with_prefix rows: the agent loop that draws them (.prefix_agent_loop), the per-row kwarg with
+# the prefix's token ids, and the extra field with the number of prefix tokens at the response's start
+PREFIX_AGENT = "hpt_prefix_agent"
+PREFIX_IDS_KEY = "hpt_prefix_ids"
+PREFIX_LEN_KEY = "hpt_prefix_len"
 
 
 class StagesConfigError(ValueError):
@@ -173,31 +178,3 @@ def run_stages(stages: Sequence[Stage], num_questions: int, draw) -> StagePlan:
         stage_prefix.append(np.where(rows > 0, prefix, 0.0))
     return StagePlan(drawn=drawn, correct=correct, stopped=stopped, stage_rows=stage_rows,
                      stage_prefix=stage_prefix)
-
-
-def generation_accounting(response_tokens: np.ndarray, sampled: np.ndarray, question_of_row: np.ndarray,
-                          trained_rl: np.ndarray) -> dict[str, float]:
-    """Tokens generated this step and where they went (plain and staged runs alike).
-
-    response_tokens: (N,) response tokens per row; sampled: (N,) bool (False: placeholder, never
-    drawn); question_of_row: (N,) int question index; trained_rl: (Q,) bool, the question's rollouts
-    reach the loss (α > 0, or kept in the group). Rows of a question whose rollouts are not trained
-    were generated for nothing (``wasted``). ``saved_est`` estimates what stopping early saved: each
-    placeholder at the mean length of its question's drawn rows.
-    """
-    tokens = np.asarray(response_tokens, dtype=np.float64)
-    sampled = np.asarray(sampled, dtype=bool)
-    qrow = np.asarray(question_of_row, dtype=np.int64)
-    trained = np.asarray(trained_rl, dtype=bool)[qrow]
-    q = int(np.asarray(trained_rl).shape[0])
-    drawn_tokens = np.bincount(qrow[sampled], weights=tokens[sampled], minlength=q)
-    drawn_rows = np.bincount(qrow[sampled], minlength=q)
-    skipped_rows = np.bincount(qrow[~sampled], minlength=q)
-    mean_len = drawn_tokens / np.maximum(drawn_rows, 1)
-    return {
-        "tokens": float(tokens[sampled].sum()),
-        "rows": float(sampled.sum()),
-        "rows_skipped": float((~sampled).sum()),
-        "tokens_wasted": float(tokens[sampled & ~trained].sum()),
-        "tokens_saved_est": float((skipped_rows * mean_len).sum()),
-    }
