@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from tests.helpers import default_hpt_node
 from verl_ext.data.contract import CONTRACT, contract_markdown
-from verl_ext.hpt.config import HPTConfig, HPTConfigError, yaml_defaults
+from verl_ext.hpt.config import HPTConfig, HPTConfigError
+from verl_ext.recipe_defaults import yaml_defaults
 from verl_ext.checks.reward import RewardCheckError, diagnose, DemoFailure, resolve_reward
 from verl_ext.checks.data import validate_data
 from verl_ext.checks.rows import DataValidationError

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from tests.test_gate import PAD_ID, make_rollout_batch, sequence_scores
 from tests.test_reliability import _bare_trainer, _data_config, _row
 from verl_ext.data.contract import check_demo, check_demo_field
-from verl_ext.hpt.config import HPTConfig, HPTConfigError, choice_seed, yaml_defaults
+from verl_ext.hpt.config import HPTConfig, HPTConfigError, choice_seed
+from verl_ext.recipe_defaults import yaml_defaults
 from verl_ext.data.demonstration_field import demonstration_entries, question_key
 from verl_ext.hpt.demonstrations import (
     DEMO_CHOICES,

@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf
 
-from verl_ext.hpt.config import DataOptions, HPTConfig, HPTConfigError, yaml_defaults
+from verl_ext.hpt.config import DataOptions, HPTConfig, HPTConfigError
+from verl_ext.recipe_defaults import yaml_defaults
 from verl_ext.hpt.gate import GateConfig
 from verl_ext.loss.config import UPGELossConfig, load_upge_config
 
@@ -94,13 +95,13 @@ def test_hpt_defaults_have_one_home_the_trainer_yaml():
 
 
 def test_the_converter_writes_the_demonstration_where_the_yaml_default_reads_it(monkeypatch):
+    from verl_ext import recipe_defaults
     from verl_ext.data.convert import convert_rows
-    from verl_ext.hpt import config
 
     row = {"question": "1+1?", "answer": "2", "demonstration": "1+1=2. \\boxed{2}"}
     out, _ = convert_rows([row], "jsonl", score_demos=False)
     assert out[0]["extra_info"][yaml_defaults()["demo_field"]] == row["demonstration"]
-    monkeypatch.setattr(config, "yaml_defaults", lambda: {"demo_field": "solution"})
+    monkeypatch.setattr(recipe_defaults, "yaml_defaults", lambda: {"demo_field": "solution"})
     out, _ = convert_rows([row], "jsonl", score_demos=False)
     assert out[0]["extra_info"]["solution"] == row["demonstration"]
 

@@ -321,7 +321,8 @@ class _Scorer:
 def _bare_trainer(char_tok, gate=None, max_skips=5, demo_choice="uniform", demo_seed=0):
     """A RayHPTTrainer with only what the hooks under test read (no Ray, no workers)."""
     from recipe.hpt.hpt_ray_trainer import RayHPTTrainer
-    from verl_ext.hpt.config import DataOptions, HPTConfig, yaml_defaults
+    from verl_ext.hpt.config import DataOptions, HPTConfig
+    from verl_ext.recipe_defaults import yaml_defaults
     from verl_ext.hpt.state import HPTState
     from verl_ext.hpt.step import HPTStep
     from verl_ext.loss.config import UPGELossConfig

@@ -55,7 +55,7 @@ from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from verl_ext.hpt.config import HPTConfig, choice_seed
-from verl_ext.hpt.demonstrations import DemoScorer
+from verl_ext.hpt.demo_scorer import DemoScorer
 from verl_ext.hpt.merge import neutralise_demo_rollout_log_probs, pad_with_zero_weight_rows
 from verl_ext.hpt.metrics import skip_flags, skip_metrics
 from verl_ext.hpt.state import STATE_FILE, SUMMARY_FILE, HPTState, write_summary

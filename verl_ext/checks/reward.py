@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from verl_ext.data.contract import demo_path
 from verl_ext.checks.rows import DataValidationError
-from verl_ext.hpt.demonstrations import call_sync
+from verl_ext.hpt.demo_scorer import call_sync
 
 logger = logging.getLogger(__name__)
 

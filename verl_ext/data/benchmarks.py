@@ -4,8 +4,9 @@ Benchmark files are JSON lists of ``{"prompt": question, "answer": ground truth,
 release's ``data/*/test.json``). Where a set is read from (:func:`load_questions`): the folder given
 (``--benchmark-dir``), else ``$HPT_BENCHMARK_DIR``, else the repository's own ``assets/benchmarks``
 (the six math sets, shipped for offline use with their sources and licences in its SOURCES.md), else
-its public dataset id (:attr:`Benchmark.hf_id`, downloaded with ``datasets``; GPQA is never shipped). ``data_source`` is the release's name for each set; the reward grades
-GPQA as multiple choice because its data source contains "gpqa".
+its public dataset id (:attr:`Benchmark.hf_id`, downloaded with ``datasets``; GPQA is never shipped).
+``data_source`` is the release's name for each set; the reward grades GPQA as multiple choice because
+its data source contains "gpqa".
 
 Default samples per question follow the paper's protocol: n=32 (avg@32) on AIME24, AIME25 and
 AMC, n=1 elsewhere. Note: our AMC23 file is the 40-problem AMC 2023 set used for in-training
@@ -116,7 +117,8 @@ def clean_ground_truth(answer: str) -> str:
     return answer.strip()
 
 
-def to_verl_rows(bench: Benchmark, questions: list[dict], prompt_style: str = "user", split: str = "test") -> list[dict]:
+def to_verl_rows(bench: Benchmark, questions: list[dict], prompt_style: str = "user",
+                 split: str = "test") -> list[dict]:
     """verl RL-dataset rows (``data_source``, ``prompt``, ``ability``, ``reward_model``, ``extra_info``)."""
     return [
         {

@@ -87,7 +87,7 @@ CONTRACT: tuple[ContractField, ...] = (
 
 # hpt.demo_field (the extra_info key that holds the demonstration) has its default in one place, the
 # trainer YAML: a run reads it from its config (verl_ext.hpt.config.HPTConfig), a tool without one
-# from verl_ext.hpt.config.yaml_defaults().
+# from verl_ext.recipe_defaults.yaml_defaults().
 
 
 def field_path(f: ContractField, demo_field: str, prompt_key: str = "prompt") -> str:

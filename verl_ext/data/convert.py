@@ -263,7 +263,7 @@ def convert_rows(rows: Iterable[dict], fmt: str, answer_format: str = "boxed", d
     """Source rows of format ``fmt`` -> contract rows and the report (see the module docstring).
     ``demo_field``: the extra_info key of the demonstration; None: ``hpt.demo_field``'s default."""
     if demo_field is None:
-        from verl_ext.hpt.config import yaml_defaults
+        from verl_ext.recipe_defaults import yaml_defaults
 
         demo_field = yaml_defaults()["demo_field"]
     if fmt not in CONVERTERS:

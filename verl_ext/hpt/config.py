@@ -15,7 +15,8 @@ what every run composes, so the dataclasses here have no defaults: a key missing
 error naming it, never a second, Python-side default that could drift from the YAML. (verl keeps its
 defaults in both its YAML and its dataclasses and tests that they agree; with one home there is nothing
 to keep in step.) The exception is ``hpt.gate``, see :class:`GateConfig`. Code that needs a default
-without a run config (the data converter's demonstration field) reads the YAML: :func:`yaml_defaults`.
+without a run config (the data converter's demonstration field) reads the YAML:
+:func:`verl_ext.recipe_defaults.yaml_defaults`.
 
 Typed as verl types its own nodes (frozen dataclasses built from the OmegaConf node, like
 ``verl/workers/config``), but built by hand rather than with ``verl.utils.config.omega_conf_to_dataclass``:
@@ -29,6 +30,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
+
 from verl_ext.hpt.gate import GateConfig
 from verl_ext.hpt.staging.stages import Stage, load_stages
 from verl_ext.loss.config import UPGELossConfig, load_upge_config
@@ -38,7 +40,6 @@ ON_LONG_DEMO = ("truncate", "skip", "error")
 ON_MISSING_DEMO = ("error", "skip", "rl")
 PASS_RATE_STRATEGIES = ("switch", "soft")
 
-TRAINER_YAML = "config/hpt_trainer.yaml"  # in the recipe.hpt package: the home of the hpt.* defaults
 
 
 class HPTConfigError(ValueError):
@@ -55,17 +56,6 @@ def to_plain(node) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return node
-
-
-def yaml_defaults() -> dict:
-    """The ``hpt`` node of ``recipe/hpt/config/hpt_trainer.yaml`` as written: the one home of the
-    ``hpt.*`` defaults. ``hpt.loss`` is not in it (the ``upge`` preset group fills it when Hydra
-    composes the config)."""
-    from importlib.resources import files
-
-    import yaml
-
-    return yaml.safe_load(files("recipe.hpt").joinpath(TRAINER_YAML).read_text())["hpt"]
 
 
 def _keys(node: Any, cls: type, path: str) -> dict:

@@ -32,8 +32,8 @@ from verl import DataProto
 
 from verl_ext.data.demonstration_field import question_id
 from verl_ext.hpt.config import HPTConfig
+from verl_ext.hpt.demo_scorer import DemoScorer
 from verl_ext.hpt.demonstrations import (
-    DemoScorer,
     GatedDemonstrations,
     encode_demonstrations,
     per_question,
