@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from verl_ext.eval import cli as evaluate
+from verl_ext.eval import make_table
 from verl_ext.eval import runner as runner_mod
 from verl_ext.eval.generate import Generator
 from verl_ext.eval.passk import aggregate_benchmark
@@ -17,9 +19,6 @@ from verl_ext.reward import compute_score
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-from tests.helpers import load_script as _load_script  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,6 @@ def e2e_run(tiny_model, tmp_path_factory):
     (bench / "GPQA.json").write_text(json.dumps([
         {"prompt": "Which is largest?\n\nA) 1\nB) 2\nC) 3\nD) 4", "answer": "D"},
         {"prompt": "Which is smallest?\n\nA) 1\nB) 2\nC) 3\nD) 4", "answer": "A"}]))
-    evaluate = _load_script("scripts/eval/evaluate.py")
     summary = evaluate.main(["--model", tiny_model, "--out-dir", str(out), "--benchmarks", "aime24", "GPQA",
                              "--benchmark-dir", str(bench), "--backend", "hf", "--n", "2", "--limit", "2",
                              "--max-tokens", "16", "--no-progress"])
@@ -77,7 +75,6 @@ def test_evaluate_tiny_model_end_to_end(e2e_run):
 
 def test_make_table_and_plot_from_e2e(e2e_run, tmp_path):
     out, _ = e2e_run
-    make_table = _load_script("scripts/make_table.py")
     written = make_table.main(["--run", f"HPT={out / 'summary.json'}", "--table", "table2", "--out-dir", str(tmp_path)])
     md = Path(written["table2.md"]).read_text()
     assert "| HPT (paper) | 33.0 |" in md
@@ -199,7 +196,6 @@ def test_table_diff_and_partial_averages(tmp_path):
     assert part["ID Avg"] is None and part["AIME24"] == pytest.approx(10.0)
     assert rows[-1].method == "MyAblation" and rows[-1].kind == "ours"  # unmatched label appended
 
-    make_table = _load_script("scripts/make_table.py")
     written = make_table.main(["--run", f"HPT={p_full}", "--run", f"MyAblation={p_part}", "--table", "all",
                                "--out-dir", str(tmp_path / "out")])
     with open(written["table2.csv"]) as f:

@@ -36,7 +36,6 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import load_script
 from tests.test_configs import QWEN_MATH_CONFIG, compose_exp, fake_hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,7 +227,8 @@ def check_eval_all(scratch: Scratch, words: list[str], env: dict, trained: list,
     assert sorted(c[c.index("--model") + 1] for c in evals) == sorted(hf_dirs), (
         f"eval_all.sh did not evaluate the checkpoints the training commands save ({hf_dirs}): is each run's "
         f"experiment name in its REGISTRY, and its CKPT_DIR the launch scripts'?\n{res.stdout}")
-    evaluate = load_script("scripts/eval/evaluate.py")
+    from verl_ext.eval import cli as evaluate
+
     seen = []
     monkeypatch.setattr(evaluate, "run_evaluation", seen.append)
     monkeypatch.setenv("HPT_BENCHMARK_DIR", scratch.env["HPT_BENCHMARK_DIR"])

@@ -24,7 +24,7 @@ validates each with Hydra's compose API and verl's config checks.
 Modules: ``methods`` (methods.yaml, names of runs and their files), ``runner`` (data, base, training
 subprocesses, locks, resume), ``evaluate`` (per-problem evaluation), ``selection`` (lr on
 validation), ``stats`` (intervals, paired tests), ``report`` (table.md, plots), ``scale`` (GPU
-launches).
+launches); ``probe`` (``scripts/bench/arena_probe.py``: a candidate base probed outside the arena).
 """
 
 from pathlib import Path

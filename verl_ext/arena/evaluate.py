@@ -3,7 +3,7 @@
 The project's one evaluator (``verl_ext.eval.evaluator.evaluate_rows``: the ``hf`` rollout's
 sampler, the training reward as grader), kept per problem here so that intervals and paired tests
 can resample problems. Also the probe's check of a correct answer's written chain
-(``scripts/bench/arena_probe.py``).
+(``verl_ext.arena.probe``, ``scripts/bench/arena_probe.py``).
 """
 
 from __future__ import annotations
