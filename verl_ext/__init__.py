@@ -8,7 +8,7 @@ in every process (driver, TaskRunner, Ray workers) through ``VERL_USE_EXTERNAL_M
 Where verl has no public hook, the change is made at run time in ONE module,
 :mod:`verl_ext.verl_patches` (a private rollout-adapter registry, the CPU process-group backend, the
 optimizer-step guard around the FSDP engine's methods), which names the upstream behaviour, checks
-the verl version and is pinned by ``tests/test_verl_patches.py``. The one vLLM patch (CPU only) is
+the verl version and is pinned by ``tests/unit/test_verl_patches.py``. The one vLLM patch (CPU only) is
 :mod:`verl_ext.vllm_cpu`.
 """
 

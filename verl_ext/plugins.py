@@ -28,7 +28,7 @@ verl_patches.register_rollout_adapter("hf", "verl_ext.rollout.hf_adapter.HFServe
 # The demonstration-prefix agent loop (staged generation's continue_with_prefix), registered with
 # verl's public `register` decorator as the module is imported. Safe here: verl's __init__ imports
 # this module after its own protocol and utilities, and the agent-loop package imports only those
-# (tests/test_prefix_stages.py checks the registration in a fresh `import verl`).
+# (tests/unit/hpt/staging/test_prefix.py checks the registration in a fresh `import verl`).
 from verl_ext.hpt.staging import prefix_agent_loop as _prefix_agent_loop  # noqa: E402,F401
 
 if _cpu_platform.cpu_platform_selected():

@@ -4,7 +4,7 @@ Everything else plugs in through what verl offers for it: the platform registry 
 rollout-replica registry (``hf``), the policy-loss registry (``upge*``), the actor's ``set_loss_fn``
 and the trainer's overridable methods (``recipe/hpt/hpt_ray_trainer.py``). The four patches below
 have no public hook in verl 0.9.1. Each names the upstream behaviour it relies on; the module
-checks the verl version it was written for (:data:`VERL_VERSION`) and ``tests/test_verl_patches.py``
+checks the verl version it was written for (:data:`VERL_VERSION`) and ``tests/unit/test_verl_patches.py``
 fails when one of those upstream contracts changes (it reads verl's source and signatures).
 
 1. :func:`register_rollout_adapter` -- ``verl.workers.rollout.base._ROLLOUT_REGISTRY``.
@@ -53,13 +53,13 @@ SKIP_OVERFLOW = "hpt/fp16_overflow"  # fp16 only: the GradScaler skipped the ste
 
 def check_verl_version() -> bool:
     """True when the installed verl is :data:`VERL_VERSION`; warns otherwise (the patches may no
-    longer match verl's internals: run ``tests/test_verl_patches.py``)."""
+    longer match verl's internals: run ``tests/unit/test_verl_patches.py``)."""
     import verl
 
     found = getattr(verl, "__version__", "unknown")
     if found != VERL_VERSION:
         warnings.warn(f"hpt-verl patches verl internals written for verl {VERL_VERSION}, found {found}: "
-                      "run tests/test_verl_patches.py before trusting a run", stacklevel=2)
+                      "run tests/unit/test_verl_patches.py before trusting a run", stacklevel=2)
         return False
     return True
 

@@ -22,7 +22,7 @@ of its processes (``vllm.plugins.load_general_plugins``); ``setup.py`` registers
 there. Guards: only on vLLM's CPU platform, only for the vLLM versions listed in
 ``TESTED_VLLM_VERSIONS`` (another version gets a warning and the patch anyway, since without it the
 weight push cannot work), and only while upstream still has the method this replaces;
-``tests/test_vllm_cpu.py`` fails when that contract changes.
+``tests/e2e/test_vllm_cpu.py`` fails when that contract changes.
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@
 #   FORCE [0]: re-evaluate runs that already have a summary.json
 #   TABLE_ARGS [""]: more make_table.py arguments (e.g. --no-plot)
 #   DRY_RUN [0]: print the commands only
+#   PYTHON [python3]: the interpreter with hpt-verl installed (pip install -e .)
 set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PYTHON=${PYTHON:-python3}
 cd "$REPO_ROOT"
 CKPT_DIR=${CKPT_DIR:-$REPO_ROOT/checkpoints}
 RESULTS_DIR=${RESULTS_DIR:-$REPO_ROOT/results}
@@ -91,7 +93,7 @@ model_dir() {
   [[ -d $actor ]] || { echo ""; return; }
   if has_weights "$actor/huggingface"; then echo "$actor/huggingface"; return; fi
   if ! has_weights "$actor/huggingface_merged"; then
-    run python3 -m verl.model_merger merge --backend fsdp --local_dir "$actor" \
+    run "$PYTHON" -m verl.model_merger merge --backend fsdp --local_dir "$actor" \
       --target_dir "$actor/huggingface_merged" >&2
   fi
   echo "$actor/huggingface_merged"
@@ -107,7 +109,7 @@ evaluate_run() {
   if [[ -z $model ]]; then echo "[eval_all] $exp: no checkpoint under $CKPT_DIR/$exp, skipped"; return 0; fi
   echo "[eval_all] $exp: evaluating $model"
   # shellcheck disable=SC2086  # EVAL_ARGS and BENCHMARKS are word lists
-  run python3 scripts/eval/evaluate.py --model "$model" --out-dir "$out" --benchmarks $BENCHMARKS \
+  run "$PYTHON" scripts/eval/evaluate.py --model "$model" --out-dir "$out" --benchmarks $BENCHMARKS \
     --backend "$BACKEND" --tensor-parallel-size "$TP" --prompt-style "$style" $EVAL_ARGS
 }
 
@@ -128,5 +130,5 @@ for table in $tables; do
   done <<< "$REGISTRY"
   if (( ${#args[@]} == 0 )); then echo "[eval_all] $table: no evaluated runs yet"; continue; fi
   # shellcheck disable=SC2086
-  run python3 scripts/make_table.py --table "$table" --out-dir "$RESULTS_DIR/tables/$table" "${args[@]}" $TABLE_ARGS
+  run "$PYTHON" scripts/make_table.py --table "$table" --out-dir "$RESULTS_DIR/tables/$table" "${args[@]}" $TABLE_ARGS
 done

@@ -72,7 +72,7 @@ def scale_commands(scale_file: Path, common, methods, names, lrs=None, seeds=Non
 
 def validate_overrides(overrides: list[str]):
     """Compose as main_hpt does (Hydra compose API, config hpt_trainer) and run the project's gate and
-    UPGE validators and verl's config validation (as tests/test_configs.py); returns the composed
+    UPGE validators and verl's config validation (as tests/unit/recipe/test_configs.py); returns the composed
     config. Raises on the first check that fails."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -71,7 +71,7 @@ class GateConfig:
       ``("demo", "demo_off")`` (module docstring); stored in that order. Default ``("demo",)``.
 
     The field defaults repeat ``hpt_trainer.yaml``'s ``hpt.gate`` block, verl-style, and
-    tests/test_hpt_config.py keeps the two equal: unlike the rest of the ``hpt`` node
+    tests/unit/hpt/test_config.py keeps the two equal: unlike the rest of the ``hpt`` node
     (:mod:`verl_ext.hpt.config`, whose only home is the YAML) the gate is also a plain value that the
     gate and merge functions' tests and benchmarks build directly (``GateConfig()``,
     ``GateConfig(strategy="soft", soft_fn="linear")``).

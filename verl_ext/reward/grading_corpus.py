@@ -1,6 +1,6 @@
 """The labelled grading corpus (``tests/data/grading_corpus.jsonl``) and the project's grader next to
 math-verify alone on it, per kind (``scripts/eval/bench_grader_corpus.py`` prints the table,
-``tests/test_grading_corpus.py`` asserts it).
+``tests/unit/reward/test_grading_corpus.py`` asserts it).
 
 "math-verify alone" is math-verify called the way verl's own ``math_verify`` scorer calls it
 (``verl.utils.reward_score.math_verify``): the ground truth wrapped in ``\\boxed{}`` and parsed with

@@ -26,7 +26,7 @@ counted as ``rows_padding``). With several workers this manager dispatches the c
 verl does, and aligns the rows' extra fields across them (:meth:`StagedRolloutManager._generate`:
 verl aligns them within a chunk only, and a stage mixes agent loops with different fields); the
 agent loop fills ``rm_scores`` when the reward runs in it (the HPT trainer needs that anyway, see
-``unsupported_settings``). ``tests/test_verl_patches.py`` checks that dispatch against verl's source.
+``unsupported_settings``). ``tests/unit/test_verl_patches.py`` checks that dispatch against verl's source.
 """
 
 from __future__ import annotations
