@@ -1,5 +1,5 @@
 """The arena: every post-training method from one base, through one trainer, each at its best lr,
-over seeds, with uncertainty (issue 19). What it does and writes: ``verl_ext/arena/__init__.py``.
+over seeds, with uncertainty. What it does and writes: ``verl_ext/arena/__init__.py``.
 
 Methods: configs/arena/methods.yaml. The CPU arena's task, base, budget and evaluation:
 configs/arena/cpu.yaml. GPU launches: configs/arena/scale_<model>.yaml.

@@ -1,5 +1,5 @@
 """The arena: every post-training method from one base, through one trainer, each at its best lr,
-over seeds, with uncertainty (issue 19). ``scripts/arena.py`` is its command line.
+over seeds, with uncertainty. ``scripts/arena.py`` is its command line.
 
 Methods are data: configs/arena/methods.yaml (Hydra overrides per method). The CPU arena's task,
 base, budget and evaluation: configs/arena/cpu.yaml. For every method:

@@ -264,8 +264,8 @@ def _base_passk_section(out: Path, final: dict, stats: dict, ood_levels: list[in
 
 
 def _tokens_plot(out: Path, stats: dict, colour: dict, plt) -> None:
-    """tokens.png: accuracy against generation cost, one point per method (issue 16's
-    staged-generation question)."""
+    """tokens.png: accuracy against generation cost, one point per method (what
+    staged generation and the prefix hybrids save)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, (block, label) in zip(axes, (("test", "ID"), ("ood", "OOD"))):
         for name, s in stats.items():
