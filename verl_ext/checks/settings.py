@@ -69,6 +69,15 @@ def unsupported_settings(config) -> list[str]:
             "actor_rollout_ref.actor.shuffle=true: the HPT loss normalises each arm by its token total per "
             "mini-batch, computed before the update (verl_ext.loss.batch_keys.annotate_arm_token_counts); "
             "shuffling regroups rows into other mini-batches afterwards. Use shuffle=false.")
+    rollout = (config.get("actor_rollout_ref", None) or {}).get("rollout", None) or {}
+    temperature = rollout.get("temperature", 1.0)
+    if temperature is not None and float(temperature) <= 0:
+        problems.append(
+            f"actor_rollout_ref.rollout.temperature={temperature}: the training rollouts' temperature also divides "
+            "the actor's logits in verl's log-prob pass (clamped to 1e-8 by its FSDP engine), so old log-probs, "
+            "entropies and gradients blow up (grad norms near 1e9) instead of sampling greedily. For greedy "
+            "training rollouts keep temperature=1.0 and set actor_rollout_ref.rollout.top_k=1; validation is "
+            "greedy through actor_rollout_ref.rollout.val_kwargs (temperature 0 is fine there).")
     reward_model = (config.get("reward", None) or {}).get("reward_model", None) or {}
     if reward_model.get("enable", False) and not reward_model.get("enable_resource_pool", False):
         problems.append(

@@ -137,3 +137,12 @@ def test_startup_checks_refuse_them_before_ray_starts(monkeypatch):
         startup_checks(cfg)
 
 
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -1.0])
+def test_a_zero_training_temperature_is_refused_with_the_fix(temperature):
+    """verl divides the actor's logits by the rollout temperature in its log-prob pass (clamped to 1e-8):
+    temperature 0 trains on logits x 1e8 instead of sampling greedily."""
+    problems = unsupported_settings(_base(**{"actor_rollout_ref.rollout.temperature": temperature}))
+    assert len(problems) == 1 and "top_k=1" in problems[0] and "actor_rollout_ref.rollout.temperature" in problems[0]
+    assert unsupported_settings(_base(**{"actor_rollout_ref.rollout.temperature": 0.6})) == []
