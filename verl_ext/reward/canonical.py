@@ -25,7 +25,11 @@ Equality: exact, or within a relative tolerance of 1e-6 of the ground truth (so 
 ``1/3`` and ``7.4e-12`` is never ``0``: no absolute rounding); an integer ground truth is never
 matched by a non-integer, whatever the tolerance.
 
-Everything that is not one of these forms (expressions, tuples, intervals, matrices,
+Arithmetic on such numbers (``2^{10}``, ``\\frac{1}{2^{56}}``, ``5!``, ``3\\cdot 10 + 1``) is
+evaluated exactly by :mod:`verl_ext.reward.exact` and compared the same way: math-verify's absolute
+tolerance would make all tiny values equal.
+
+Everything that is not one of these forms (expressions with symbols, tuples, intervals, matrices,
 equations, text) returns ``None`` here and goes to math-verify.
 """
 
@@ -35,6 +39,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from verl_ext.reward.exact import exact_value
 from verl_ext.reward.extract import _letter_from_short
 
 REL_TOL = Fraction(1, 10**6)
@@ -219,7 +224,12 @@ def parse_value(answer: str | None) -> Value | None:
                      base=base, integer_written=True)
     parsed = _plain_number(s)
     if parsed is None:
-        return None
+        # arithmetic on numbers (2^{10}, \frac{1}{2^{56}}, 5!): exact, so never within an absolute tolerance
+        exact = exact_value(s)
+        if exact is None:
+            return None
+        return Value("number", num=exact * mult, pct=pct, integer_written=exact.denominator == 1 and "." not in s
+                     and mult == 1)
     v, is_int, plain = parsed
     return Value("number", num=v * mult, pct=pct, plain_digits=plain if mult == 1 and not pct else None,
                  integer_written=is_int and mult == 1)

@@ -27,6 +27,7 @@ REQUIRED_KINDS = {
     "interval", "tuple", "set", "sequence", "matrix", "ratio_time", "separator",  # 2 structure
     "relation", "multi_answer", "units", "markup", "robustness",  # 3-6
     "fraction", "radical", "percent", "choice", "text", "equation", "complex", "money", "integer", "expression",
+    "exact_tiny", "exact_arith",  # exact values never within an absolute tolerance
 }
 
 

@@ -323,3 +323,40 @@ def test_loads_through_verl_custom_reward_function():
 )
 def test_bare_percent_sign(response, ground_truth, score):
     assert compute_score("math", response, ground_truth)["score"] == score
+
+
+# ------------------------------------------------------------------ exact arithmetic on numbers
+@pytest.mark.parametrize("text,value", [
+    (r"\frac{1}{2^{56}}", "1/72057594037927936"), (r"2^{10}", "1024"), ("5!", "120"), (r"3\cdot 10+1", "31"),
+    (r"(1+2)\times 3", "9"), (r"\frac{1}{2}^{3}", "1/8"), ("1/3", "1/3"), (r"2^{-3}", "1/8"), (r"7 \div 2", "7/2"),
+])
+def test_exact_value_of_arithmetic_on_numbers(text, value):
+    from fractions import Fraction
+
+    from verl_ext.reward.exact import exact_value
+
+    assert exact_value(text) == Fraction(value)
+
+
+@pytest.mark.parametrize("text", [
+    "2^10",  # LaTeX reads 2^1 0: ambiguous, left to the judge
+    "2(3)", r"3\frac{1}{2}",  # implicit products (the latter a mixed number, the plain-number parser's)
+    r"2^{2^{2^{2^{2}}}}", r"10^{10^{10}}", "1000!", r"2^{1000}",  # beyond the bounds: never slow here
+    "x+1", r"\sqrt{2}", r"\pi/2", "-5", "12", r"\frac{1}{0}",
+])
+def test_exact_value_refuses_what_it_cannot_decide_quickly_and_surely(text):
+    import time
+
+    from verl_ext.reward.exact import exact_value
+
+    t0 = time.perf_counter()
+    assert exact_value(text) is None
+    assert time.perf_counter() - t0 < 0.05
+
+
+def test_tiny_exact_values_are_compared_relatively_not_absolutely():
+    from verl_ext.reward import compute_score
+
+    for a in (55, 60, 100):
+        assert compute_score("math", rf"\boxed{{\frac{{1}}{{2^{{{a}}}}}}}", rf"\frac{{1}}{{2^{{{a + 1}}}}}")["score"] == 0.0
+        assert compute_score("math", rf"\boxed{{2^{{-{a + 1}}}}}", rf"\frac{{1}}{{2^{{{a + 1}}}}}")["score"] == 1.0
