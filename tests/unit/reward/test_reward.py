@@ -358,5 +358,6 @@ def test_tiny_exact_values_are_compared_relatively_not_absolutely():
     from verl_ext.reward import compute_score
 
     for a in (55, 60, 100):
-        assert compute_score("math", rf"\boxed{{\frac{{1}}{{2^{{{a}}}}}}}", rf"\frac{{1}}{{2^{{{a + 1}}}}}")["score"] == 0.0
-        assert compute_score("math", rf"\boxed{{2^{{-{a + 1}}}}}", rf"\frac{{1}}{{2^{{{a + 1}}}}}")["score"] == 1.0
+        truth = rf"\frac{{1}}{{2^{{{a + 1}}}}}"
+        assert compute_score("math", rf"\boxed{{\frac{{1}}{{2^{{{a}}}}}}}", truth)["score"] == 0.0
+        assert compute_score("math", rf"\boxed{{2^{{-{a + 1}}}}}", truth)["score"] == 1.0
