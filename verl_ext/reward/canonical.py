@@ -101,6 +101,11 @@ class Value:
     integer_written: bool = False  # written as an integer (not 2.0, not 4e3)
 
 
+# "28 percent", "28 \\text{ pct}", "28 percentage": a percent sign in words
+_PERCENT_WORD_RE = re.compile(r"\s*(?:\\text\{\s*(?:percent|percentage|pct)\s*\}|\b(?:percent|percentage|pct))\s*$",
+                              re.IGNORECASE)
+
+
 def _strip_units(s: str) -> tuple[str, int]:
     """Drop a trailing unit (``\\text{ cm}``, ``mph``, ``square units``); apply number words.
     Returns the rest and a multiplier (``12 \\text{ million}`` -> ``12``, 10**6)."""
@@ -205,10 +210,14 @@ def parse_value(answer: str | None) -> Value | None:
         v = Fraction(m.group("deg")) + Fraction(m.group("min") or 0) / 60 + Fraction(m.group("sec") or 0) / 3600
         return Value("number", num=-v if m.group("sign") else v)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?", "", s).strip()  # a degree sign does not change the number
-    s, mult = _strip_units(s)
     pct = False
-    for p in ("\\%", "%", "\\text{ percent}", " percent"):
-        if s.endswith(p):
+    # the percent words first: the unit stripping below would drop "percent" as any other unit word
+    m = _PERCENT_WORD_RE.search(s)
+    if m:
+        s, pct = s[: m.start()].rstrip(), True
+    s, mult = _strip_units(s)
+    for p in ("\\%", "%"):
+        if not pct and s.endswith(p):
             s, pct = s[: -len(p)].rstrip(), True
             break
     m = _BASE_RE.fullmatch(s)

@@ -144,9 +144,13 @@ def extract_choice_letter(text: str | None, letters: str = "ABCD") -> str | None
 
 # --- several boxes ---------------------------------------------------------------------------
 
-# What may stand between two boxes of one answer: commas, semicolons, "and", "or", spaces and
-# math delimiters. Anything else (a word, an "=") means the earlier box is a separate statement.
-_BOX_JOINER_RE = re.compile(r"[\s$,;]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)[\s$,;]*)?", re.IGNORECASE)
+# What may stand between two boxes of one answer: commas, semicolons, spaces, "and"/"or" (also as
+# \text{and}), \quad spacers and math delimiters ($, \( \), \[ \]), in any sequence, and the next
+# box's own variable (``x = \boxed{2} or x = \boxed{3}``, ``y_2 = \boxed{..}``). Anything else (another
+# word, an expression) means the earlier box is a separate statement.
+_JOIN_TOKEN = r"(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad|\\[()\[\]])"
+_NEXT_VARIABLE = r"(?:[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*)"
+_BOX_JOINER_RE = re.compile(rf"[\s$,;]*(?:{_JOIN_TOKEN}[\s$,;]*)*{_NEXT_VARIABLE}?", re.IGNORECASE)
 
 
 def all_boxed_spans(text: str) -> list[tuple[int, int, str]]:
@@ -175,11 +179,13 @@ def all_boxed_spans(text: str) -> list[tuple[int, int, str]]:
 
 def final_answers(text: str | None) -> list[str]:
     """The boxes that make up the final answer: the last box plus the boxes right before it that
-    are joined to it only by commas, "and", "or" or spaces (``\\boxed{2}, \\boxed{3}``;
-    ``\\boxed{2} or \\boxed{3}``). Stated rule for several boxes: they are graded together as one
-    list of answers, so a list of solutions matches a list ground truth and two different values
-    offered for one answer (hedging) match no single value. A box separated from the last one by
-    other text (``\\boxed{4}. Checking again ... \\boxed{5}``) was superseded and is not graded.
+    are joined to it only by commas, "and", "or", spacers or math delimiters, each box possibly
+    naming its variable (``\\boxed{2}, \\boxed{3}``; ``x=\\boxed{2} or x=\\boxed{3}``;
+    ``\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}``). Stated rule for several boxes:
+    they are graded together as one list of answers, so a list of solutions matches a list ground
+    truth and two different values offered for one answer (hedging) match no single value. A box
+    separated from the last one by other text (``\\boxed{4}. Checking again ... \\boxed{5}``) was
+    superseded and is not graded.
     Empty when the response has no closed last box (see :func:`last_boxed_content`)."""
     if last_boxed_content(text) is None:
         return []
