@@ -78,6 +78,7 @@ def unsupported_settings(config) -> list[str]:
             "entropies and gradients blow up (grad norms near 1e9) instead of sampling greedily. For greedy "
             "training rollouts keep temperature=1.0 and set actor_rollout_ref.rollout.top_k=1; validation is "
             "greedy through actor_rollout_ref.rollout.val_kwargs (temperature 0 is fine there).")
+    problems.extend(_lora_problems(config))
     reward_model = (config.get("reward", None) or {}).get("reward_model", None) or {}
     if reward_model.get("enable", False) and not reward_model.get("enable_resource_pool", False):
         problems.append(
@@ -100,3 +101,35 @@ def settings_warnings(config) -> list[str]:
     warning = split_dependence_warning(load_upge_config(hpt.loss), use_dynamic_bsz=bool(actor.get("use_dynamic_bsz")),
                                        entropy_coeff=float(actor.get("entropy_coeff", 0.0) or 0.0))
     return [warning] if warning else []
+
+
+def _lora_problems(config) -> list[str]:
+    """LoRA settings (``actor_rollout_ref.model.lora_rank`` > 0) that verl 0.9.1 runs silently wrong or
+    that this recipe's rollouts cannot take, each with its fix."""
+    arr = config.get("actor_rollout_ref", None) or {}
+    model, rollout = arr.get("model", None) or {}, arr.get("rollout", None) or {}
+    lora = model.get("lora", None) or {}
+    fsdp_rank = int(model.get("lora_rank", 0) or 0)
+    other_rank = int(lora.get("rank", 0) or 0)
+    problems = []
+    if fsdp_rank <= 0 and (other_rank > 0 or model.get("lora_adapter_path")):
+        problems.append(
+            "actor_rollout_ref.model.lora.rank or lora_adapter_path is set while actor_rollout_ref.model.lora_rank=0: "
+            "verl's FSDP engine builds its adapter from lora_rank only, but its trainer then computes the reference "
+            "as the actor with the adapter disabled and vLLM enables LoRA. Set actor_rollout_ref.model.lora_rank.")
+    if fsdp_rank <= 0:
+        return problems
+    merge = bool(lora.get("merge", False))
+    backend = str((rollout.get("checkpoint_engine", None) or {}).get("backend", "naive"))
+    if backend != "naive" and not merge:
+        problems.append(
+            f"actor_rollout_ref.rollout.checkpoint_engine.backend={backend} with LoRA in adapter mode: in verl 0.9.1 "
+            "that path pushes the base weights only and never the adapter (verl issue #7495), so the rollout keeps "
+            "sampling from the initial policy. Use backend=naive (verl's default) or "
+            "actor_rollout_ref.model.lora.merge=true.")
+    if str(rollout.get("name", "vllm")) == "hf" and not merge:
+        problems.append(
+            "actor_rollout_ref.rollout.name=hf with LoRA in adapter mode: verl pushes the adapter tensors "
+            "(lora_A/lora_B) on their own, which the hf rollout server does not apply. Set "
+            "actor_rollout_ref.model.lora.merge=true (verl pushes the merged weights, cast to bf16) or use vLLM.")
+    return problems
