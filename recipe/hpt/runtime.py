@@ -27,7 +27,8 @@ def _add_module(value: str | None, module: str) -> str:
 
 
 # Set in the launching shell, these must reach the TaskRunner and workers too.
-FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT", "HPT_HF_ROLLOUT_THREADS", "HF_HOME",
+FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT", "HPT_HF_ROLLOUT_THREADS", "HPT_CPU_WORKER_THREADS",
+                 "HF_HOME",
                  "HPT_REWARD_WORKERS", "VLLM_CPU_KVCACHE_SPACE",
                  "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
 

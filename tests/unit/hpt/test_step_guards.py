@@ -146,3 +146,37 @@ def test_a_zero_training_temperature_is_refused_with_the_fix(temperature):
     problems = unsupported_settings(_base(**{"actor_rollout_ref.rollout.temperature": temperature}))
     assert len(problems) == 1 and "top_k=1" in problems[0] and "actor_rollout_ref.rollout.temperature" in problems[0]
     assert unsupported_settings(_base(**{"actor_rollout_ref.rollout.temperature": 0.6})) == []
+
+
+def test_cpu_worker_threads_share_the_cores_between_the_nodes_ranks():
+    """Ray starts the FSDP worker with OMP_NUM_THREADS=1; on the cpu platform it takes its share of the
+    cores instead (all of them with one rank), or HPT_CPU_WORKER_THREADS."""
+    from recipe.hpt.hpt_worker import cpu_threads
+
+    assert cpu_threads({}, cores=2) == 2
+    assert cpu_threads({"RAY_LOCAL_WORLD_SIZE": "2"}, cores=2) == 1
+    assert cpu_threads({"RAY_LOCAL_WORLD_SIZE": "4"}, cores=2) == 1
+    assert cpu_threads({"RAY_LOCAL_WORLD_SIZE": "2"}, cores=16) == 8
+    assert cpu_threads({"HPT_CPU_WORKER_THREADS": "3", "RAY_LOCAL_WORLD_SIZE": "2"}, cores=2) == 3
+
+
+@pytest.mark.parametrize("settings,fragment", [
+    ({"actor_rollout_ref.model.lora.rank": 8}, "lora_rank=0"),
+    ({"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.checkpoint_engine.backend": "nccl"},
+     "#7495"),
+    ({"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.name": "hf"}, "lora.merge=true"),
+])
+def test_lora_settings_verl_gets_silently_wrong_are_refused(settings, fragment):
+    problems = unsupported_settings(_base(**settings))
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+@pytest.mark.parametrize("settings", [
+    {"actor_rollout_ref.model.lora_rank": 8},  # vLLM (verl's default rollout), adapter mode, naive push
+    {"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.name": "hf",
+     "actor_rollout_ref.model.lora.merge": True},
+    {"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.checkpoint_engine.backend": "nccl",
+     "actor_rollout_ref.model.lora.merge": True},
+])
+def test_lora_settings_that_work_are_accepted(settings):
+    assert unsupported_settings(_base(**settings)) == []
