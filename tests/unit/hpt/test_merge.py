@@ -653,3 +653,26 @@ def test_naive_padding_would_change_the_gradient():
     want = actor_gradient(policy, copy.deepcopy(real), loss_fn, len(real), 1, True)
     got = actor_gradient(policy, naive, loss_fn, len(naive), 1, True)
     assert max((a - b).abs().max().item() for a, b in zip(want, got)) > 1e-4
+
+
+@pytest.mark.parametrize("rows", [16, 32])
+def test_the_release_sft_weight_is_the_number_of_demo_micro_batches_over_all_ranks(rows):
+    """The release averages the SFT arm per micro-batch and sums the micro-batches (FSDP averaging the
+    ranks): its SFT gradient is k·D times the split-invariant preset's, k demonstration-holding
+    micro-batches per rank and D ranks (here: two micro-batches with one demonstration each, over
+    however many ranks), not k."""
+    policy = TinyPolicy(seed=1)
+    base = training_batch("hpt", policy)
+    base.batch["advantages"] = torch.zeros_like(base.batch["advantages"])  # the RL arm off: SFT only
+    padded, _ = pad_with_zero_weight_rows(base, rows)
+    kinds = padded.batch[HPT_ROW_KIND]
+
+    def norm(name, dp):
+        fn = functools.partial(hpt_actor_loss, config=actor_config(entropy_coeff=0.0), upge=preset(name))
+        grads = actor_gradient(policy, copy.deepcopy(padded), fn, len(padded), dp, False)
+        return torch.sqrt(sum((g ** 2).sum() for g in grads)).item()
+
+    for dp in (1, 2, 4):
+        demo_micro = sum(bool((kinds[s:s + MICRO] > 0).any()) for s in range(0, len(padded), MICRO))
+        assert demo_micro == 2
+        assert norm("hpt_release", dp) / norm("hpt", dp) == pytest.approx(demo_micro, rel=1e-3)
