@@ -1,6 +1,6 @@
 """Staged generation's ``continue_with_prefix`` (TRAPO's demonstration-prefix rows): the schema, the prefix
 cut, the stage decisions, the manager's rows and mask, the agent loop, and its registration. Crafted
-inputs; the real rollout is exercised in tests/test_e2e_trapo_generation.py."""
+inputs; the real rollout is exercised in tests/e2e/test_trapo.py and tests/e2e/test_vllm_cpu.py."""
 
 from __future__ import annotations
 
