@@ -72,6 +72,8 @@ from verl_ext.verl_patches import (
 
 logger = logging.getLogger(__name__)
 
+# batch.meta_info key: verl's mismatch metrics over the sampled rows, from hook 2 to hook 3
+ROLLOUT_DEBUG_METRICS = "hpt_rollout_debug_metrics"
 # Per-optimizer-step flags reported by the worker's step guard (verl prefixes actor/).
 SKIP_KEYS = (f"actor/{SKIP_NONFINITE}", f"actor/{SKIP_GRAD_NORM}", f"actor/{SKIP_OVERFLOW}")
 
@@ -92,8 +94,6 @@ class RayHPTTrainer(RayPPOTrainer):
                             use_kl_in_reward=bool(self.config.algorithm.get("use_kl_in_reward", False)))
         self._data_metrics_logged = False
         self._stop_reason: Optional[str] = None
-        self._step_metrics: Optional[dict] = None  # this step's metrics dict (fit's), from hook 1 to hook 3
-        self._rollout_debug_metrics: Optional[dict] = None  # hook 2 -> hook 3
         install_rollout_data_metrics()  # fit's critic/score/*, response_length/*: the rollouts' (hook 1)
 
     # ------------------------------------------------------------------ hook 1: the step + pad
@@ -114,7 +114,6 @@ class RayHPTTrainer(RayPPOTrainer):
         merged, metrics["hpt/pad_rows"] = pad_with_zero_weight_rows(record.merged, self._row_divisor())
         merged.meta_info[ROLLOUT_DATA_METRICS] = record.rollout_data_metrics  # for fit's compute_data_metrics
         _replace_in_place(batch, merged)  # the one in-place change: fit goes on with the object it passed
-        self._step_metrics = metrics
         sync = getattr(self, "checkpoint_manager", None)
         if hasattr(sync, "deferred"):  # SFT-only baseline: DeferredWeightSync
             metrics["hpt/cumulative/weight_pushes"] = sync.pushes
@@ -152,9 +151,11 @@ class RayHPTTrainer(RayPPOTrainer):
     def _compute_old_log_prob(self, batch: DataProto):
         """verl's old-log-prob pass, then demonstration rows' ``rollout_log_probs`` := the actor's;
         verl's mismatch metrics, computed by ``fit`` right after this call over every row, are
-        replaced in hook 3 by those of the sampled rows."""
+        replaced through hook 3's output by those of the sampled rows (carried in ``batch.meta_info``)."""
         old_log_prob, mfu = super()._compute_old_log_prob(batch)
-        self._rollout_debug_metrics = neutralise_demo_rollout_log_probs(batch, old_log_prob.batch["old_log_probs"])
+        debug = neutralise_demo_rollout_log_probs(batch, old_log_prob.batch["old_log_probs"])
+        if debug:
+            batch.meta_info[ROLLOUT_DEBUG_METRICS] = debug  # the batch carries them to hook 3
         return old_log_prob, mfu
 
     # ------------------------------------------------------------------ hook 3: totals + skips
@@ -164,16 +165,16 @@ class RayHPTTrainer(RayPPOTrainer):
         if len(batch) % mini:  # hook 1 pads to whole mini-batches; anything else is a bug here
             raise RuntimeError(f"HPT: {len(batch)} rows reached the update, not a multiple of the "
                                f"{mini}-row mini-batch (hook 1 should have padded them)")
-        if self._step_metrics is not None and self._rollout_debug_metrics:
-            self._step_metrics.update(self._rollout_debug_metrics)
-        self._rollout_debug_metrics = None
+        # Metrics for fit's log ride in the update's own metrics, which fit merges after verl's mismatch
+        # metrics over all rows: the sampled rows' own replace them (lists, as verl reduces them).
+        extra = dict(batch.meta_info.pop(ROLLOUT_DEBUG_METRICS, None) or {})
         annotate_arm_token_counts(batch, mini_batch_size=mini, dp_size=dp)
         if self.hpt.loss.gal_coef:  # DYPO's group alignment term: per-row weights from the old log-probs
             value, groups = annotate_gal_weights(batch, self.hpt.gate.correct_threshold, self.hpt.loss.gal_beta)
-            if self._step_metrics is not None:
-                self._step_metrics.update({"hpt/gal/loss": value, "hpt/gal/groups": groups})
+            extra.update({"hpt/gal/loss": value, "hpt/gal/groups": groups})
         out = super()._update_actor(batch)
         metrics = out.meta_info["metrics"]
+        metrics.update({key: [value] for key, value in extra.items()})
         # An arm with no rows in a mini-batch reports ratio min/max as +/-inf (the identity of
         # the cross-micro-batch min/max); drop those instead of logging infinities.
         for key in [k for k in metrics if k.endswith(("/ratio_min", "/ratio_max"))]:

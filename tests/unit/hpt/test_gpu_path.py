@@ -83,7 +83,10 @@ def test_rollout_log_probs_survive_the_merge_and_demo_rows_become_neutral(char_t
     diluted = metrics["training/rollout_probs_diff_mean"]
     monkeypatch.setattr(RayPPOTrainer, "_update_actor",
                         lambda self, b: DataProto(meta_info={"metrics": {}}))
-    t._update_actor(batch)
+    out = t._update_actor(batch)
+    from verl.utils.metric import reduce_metrics
+
+    metrics.update(reduce_metrics(out.meta_info["metrics"]))  # what fit does after the update
     sampled = batch.select_idxs(torch.nonzero(~demo).flatten().numpy())
     expected = calculate_debug_metrics(sampled)["training/rollout_probs_diff_mean"]
     assert metrics["training/rollout_probs_diff_mean"] == pytest.approx(expected, rel=1e-12)
@@ -98,7 +101,7 @@ def test_all_demonstration_step_reports_no_valid_mismatch(char_tok, monkeypatch)
     assert bool((batch.batch[HPT_ROW_KIND] > 0).all())
     _fake_old_log_prob(monkeypatch, torch.zeros_like(batch.batch["rollout_log_probs"]))
     t._compute_old_log_prob(batch)
-    assert t._rollout_debug_metrics["training/rollout_probs_diff_valid"] == 0
+    assert batch.meta_info["hpt_rollout_debug_metrics"]["training/rollout_probs_diff_valid"] == 0
 
 
 def test_demonstration_prefix_tokens_of_rollout_rows_become_neutral(char_tok, monkeypatch):
@@ -128,7 +131,8 @@ def test_demonstration_prefix_tokens_of_rollout_rows_become_neutral(char_tok, mo
     rows = batch.batch[HPT_ROW_KIND] == 0
     gen = batch.batch["response_mask"].bool() & ~prefix & rows[:, None]
     expected = (rollout_lp[gen].exp() - actor_lp[gen].exp()).abs().mean().item()
-    assert t._rollout_debug_metrics["training/rollout_probs_diff_mean"] == pytest.approx(expected, rel=1e-6)
+    debug = batch.meta_info["hpt_rollout_debug_metrics"]
+    assert debug["training/rollout_probs_diff_mean"] == pytest.approx(expected, rel=1e-6)
 
 
 # ------------------------------------------------------------------ 3. bypass mode

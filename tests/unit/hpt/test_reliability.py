@@ -343,8 +343,6 @@ def _bare_trainer(char_tok, gate=None, max_skips=5, demo_choice="uniform", demo_
     t.data_report = None
     t._data_metrics_logged = False
     t._stop_reason = None
-    t._step_metrics = None
-    t._rollout_debug_metrics = None
     return t
 
 
