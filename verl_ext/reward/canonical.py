@@ -39,12 +39,11 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from verl_ext.reward.exact import exact_value
+# |exponent| above MAX_EXP: not a "cheap" number (10^(10^10) goes to the judge); answers over MAX_CHARS neither
+from verl_ext.reward.exact import MAX_CHARS, MAX_EXP, exact_value
 from verl_ext.reward.extract import _letter_from_short
 
 REL_TOL = Fraction(1, 10**6)
-MAX_EXP = 400  # |exponent| above this: not a "cheap" number (10^(10^10) goes to the judge)
-MAX_CHARS = 200
 
 _INT = r"\d+"
 _SEP_INT = r"\d{1,3}(?:(?:,|\{,\}|\\,|\\!|\s)\d{3})+"  # one separator kind is checked below

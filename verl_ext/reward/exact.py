@@ -16,10 +16,10 @@ import re
 from fractions import Fraction
 from typing import Optional
 
-MAX_EXP = 400  # |exponent|, as the canonical layer's scientific notation
+MAX_EXP = 400  # |exponent| (also the canonical layer's bound on scientific notation)
 MAX_FACTORIAL = 500
 MAX_BITS = 20_000  # numerator or denominator of any intermediate value
-MAX_CHARS = 200
+MAX_CHARS = 200  # longer answers are not decided in-process (also the canonical layer's bound)
 
 _TOKEN = re.compile(r"\s*(\d+\.\d+|\d+|\\frac|\\dfrac|\\tfrac|\\cdot|\\times|\\div|[-+*/^!(){}\[\]])")
 _BINARY = {"\\cdot": "*", "\\times": "*", "\\div": "/"}
