@@ -61,6 +61,7 @@ from verl_ext.hpt.metrics import skip_flags, skip_metrics
 from verl_ext.hpt.state import STATE_FILE, SUMMARY_FILE, HPTState, write_summary
 from verl_ext.hpt.step import HPTStep
 from verl_ext.loss.batch_keys import HPT_ROW_KIND, annotate_arm_token_counts
+from verl_ext.loss import fused_old_log_prob as fused
 from verl_ext.loss.gal import annotate_gal_weights
 from verl_ext.verl_patches import (
     ROLLOUT_DATA_METRICS,
@@ -151,7 +152,12 @@ class RayHPTTrainer(RayPPOTrainer):
     def _compute_old_log_prob(self, batch: DataProto):
         """verl's old-log-prob pass, then demonstration rows' ``rollout_log_probs`` := the actor's;
         verl's mismatch metrics, computed by ``fit`` right after this call over every row, are
-        replaced through hook 3's output by those of the sampled rows (carried in ``batch.meta_info``)."""
+        replaced through hook 3's output by those of the sampled rows (carried in ``batch.meta_info``).
+        With ``hpt.fuse_old_log_prob`` and a batch of one mini-batch: no pass; the update's forward
+        supplies the old log-probs, the entropy and the mismatch metrics (verl_ext/loss/fused_old_log_prob.py)."""
+        if self.hpt.fuse_old_log_prob and fused.fuses(len(batch), self._mini_batch_rows()):
+            batch.meta_info[fused.FUSED_KEY] = True  # read by the loss in every micro-batch, and by hook 3
+            return fused.placeholder(tuple(batch.batch["responses"].shape)), 0.0
         old_log_prob, mfu = super()._compute_old_log_prob(batch)
         debug = neutralise_demo_rollout_log_probs(batch, old_log_prob.batch["old_log_probs"])
         if debug:
@@ -172,8 +178,12 @@ class RayHPTTrainer(RayPPOTrainer):
         if self.hpt.loss.gal_coef:  # DYPO's group alignment term: per-row weights from the old log-probs
             value, groups = annotate_gal_weights(batch, self.hpt.gate.correct_threshold, self.hpt.loss.gal_beta)
             extra.update({"hpt/gal/loss": value, "hpt/gal/groups": groups})
+        is_fused = bool(batch.meta_info.get(fused.FUSED_KEY, False))
         out = super()._update_actor(batch)
         metrics = out.meta_info["metrics"]
+        if self.hpt.fuse_old_log_prob:
+            extra[fused.FUSED_METRIC] = float(is_fused)
+            extra.update(fused.step_metrics(metrics, dp, self.config.actor_rollout_ref.actor.loss_agg_mode))
         metrics.update({key: [value] for key, value in extra.items()})
         # An arm with no rows in a mini-batch reports ratio min/max as +/-inf (the identity of
         # the cross-micro-batch min/max); drop those instead of logging infinities.

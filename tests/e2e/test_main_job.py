@@ -37,3 +37,16 @@ def test_default_job_short(tmp_path):
     assert math.isfinite(summary["mean_step_seconds"]) and summary["mean_step_seconds"] > 0
     assert (out / "dynamics.png").stat().st_size > 10_000
     assert (out / "summary.md").read_text().startswith("## HPT on the synthetic arithmetic task")
+    # hpt.fuse_old_log_prob (cpu_default): every step is one mini-batch, so no step ran verl's separate
+    # old-log-prob pass; the flag reached the loss in verl's own micro-batches (else the NaN placeholder
+    # makes the loss non-finite and the guard skips the step), and the metrics that pass fed are there
+    rows = [json.loads(line)["data"] for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "timing_s/step" in r]
+    assert len(steps) == 3
+    for r in steps:
+        assert r["hpt/old_log_prob_fused"] == 1.0 and r["timing_s/old_log_prob"] < 0.05
+        assert r["hpt/skipped_steps"] == 0 and math.isfinite(r["actor/pg_loss"])
+        assert 0.05 < r["actor/entropy"] < math.log(260)  # nats, vocabulary of 260
+        if r["training/rollout_probs_diff_valid"] == 1:  # the hf rollout samples from the actor's weights
+            assert r["training/rollout_probs_diff_mean"] < 1e-5
+        assert not any("_fused/" in k for k in r)

@@ -79,6 +79,9 @@ def unsupported_settings(config) -> list[str]:
             "training rollouts keep temperature=1.0 and set actor_rollout_ref.rollout.top_k=1; validation is "
             "greedy through actor_rollout_ref.rollout.val_kwargs (temperature 0 is fine there).")
     problems.extend(_lora_problems(config))
+    from verl_ext.loss.fused_old_log_prob import fusion_problems  # its home; imports torch, so not at load
+
+    problems.extend(fusion_problems(config))
     reward_model = (config.get("reward", None) or {}).get("reward_model", None) or {}
     if reward_model.get("enable", False) and not reward_model.get("enable_resource_pool", False):
         problems.append(

@@ -141,6 +141,7 @@ class HPTConfig:
     demo_choice: str  # which of several listed demonstrations train: uniform | shortest | first | all
     skip_grad_norm_above: Optional[float]  # None: no optimizer step is skipped for its grad norm
     max_consecutive_skips: Optional[int]  # None: never stop (0 or null in the config)
+    fuse_old_log_prob: bool  # old log-probs from the update's forward (verl_ext/loss/fused_old_log_prob.py)
     data: DataOptions
     gate: GateConfig
     loss: UPGELossConfig
@@ -203,6 +204,10 @@ class HPTConfig:
         if skips is not None and (isinstance(skips, bool) or not isinstance(skips, int) or skips < 0):
             raise HPTConfigError(f"hpt.max_consecutive_skips={skips!r} must be an integer >= 0 (0 or null: never stop)")
 
+        fuse = node["fuse_old_log_prob"]
+        if not isinstance(fuse, bool):
+            raise HPTConfigError(f"hpt.fuse_old_log_prob={fuse!r} must be true or false")
+
         data = DataOptions.from_mapping(node["data"])
         if data.missing_demo_policy == "rl" and not gate.can_choose_rl():
             raise HPTConfigError(
@@ -235,7 +240,7 @@ class HPTConfig:
                 f"hpt.stages is set but hpt.gate.strategy={gate.strategy} draws no rollouts during training "
                 f"(the SFT-only baseline): set hpt.stages=null")
         out = cls(demo_field=demo_field, demo_choice=demo_choice, skip_grad_norm_above=threshold,
-                  max_consecutive_skips=skips or None,
+                  max_consecutive_skips=skips or None, fuse_old_log_prob=fuse,
                   data=data, gate=gate, loss=loss, stages=stages)
         if out.stages_train_demonstrations and loss.demo is None:
             raise HPTConfigError(

@@ -76,10 +76,12 @@ from verl_ext.loss.batch_keys import (
     HPT_ROW_KIND,
     LIVE_SEQS_TOTAL_KEY,
     HPT_ROW_WEIGHT,
+    RowKind,
     arm_token_masks,
     row_kinds,
 )
 from verl_ext.loss.config import ARM_NAMES, DEMO_ARMS, UPGELossConfig
+from verl_ext.loss.fused_old_log_prob import FUSED_KEY, micro_batch_stats
 from verl_ext.loss.gal import HPT_GAL_WEIGHT
 from verl_ext.loss.upge import UPGETokenTerms, row_mean_entropy, upge_arm_loss
 
@@ -131,9 +133,13 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
         or config.loss_scale_factor is not None
     )
 
+    # A fused step (hpt.fuse_old_log_prob, verl_ext/loss/fused_old_log_prob.py): this forward runs at θold.
+    fused = bool(tu.get_non_tensor_data(data=data, key=FUSED_KEY, default=False))
     fields = ["response_mask", "old_log_probs", "advantages"]
     fields += [k for k in ("rollout_is_weights", "ref_log_prob", HPT_ROW_KIND, HPT_ROW_WEIGHT, HPT_PREFIX_MASK)
                if k in data.keys()]
+    if fused and "rollout_log_probs" in data.keys():
+        fields.append("rollout_log_probs")
     if upge.gal_coef:
         if HPT_GAL_WEIGHT not in data.keys():
             raise ValueError(f"hpt.loss.gal_coef={upge.gal_coef} needs the per-row {HPT_GAL_WEIGHT!r} in the batch "
@@ -151,7 +157,9 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
 
     response_mask = td["response_mask"].to(torch.bool)  # (B, T)
     num_rows = response_mask.shape[0]
-    old_log_prob, advantages = td["old_log_probs"], td["advantages"]  # (B, T), (B, T)
+    advantages = td["advantages"]  # (B, T)
+    # (B, T) log π_θold: the separate pass's, or in a fused step this forward's own, detached (ratio 1)
+    old_log_prob = log_prob.detach() if fused else td["old_log_probs"]
     arm_code = (
         row_kinds(td[HPT_ROW_KIND].reshape(num_rows))
         if HPT_ROW_KIND in td.keys()
@@ -262,6 +270,13 @@ def hpt_actor_loss(config, model_output, data: TensorDict, dp_group=None, *, upg
         policy_loss = policy_loss + kl_loss * config.kl_loss_coef * scale
         metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_agg)
         metrics["kl_coef"] = config.kl_loss_coef
+
+    if fused:  # what the separate pass would have given fit: entropy and mismatch partial sums
+        sampled = response_mask & (arm_code == RowKind.ROLLOUT).unsqueeze(-1)  # (B, T) tokens of rollout rows
+        if prefix is not None:
+            sampled = sampled & ~prefix.bool()  # demonstration prefixes were not sampled
+        rollout_lp = td["rollout_log_probs"] if "rollout_log_probs" in td.keys() else None
+        metrics.update(micro_batch_stats(log_prob, entropy, response_mask, rollout_lp, sampled))
 
     return policy_loss, metrics
 

@@ -40,6 +40,10 @@ from verl_ext.rollout.sampling import SamplingSpec, generator_for, row_seed, sam
 logger = logging.getLogger(__name__)
 
 SERVER_NAME_PREFIX = "hf_rollout_server_"
+# Batching: a wave of requests is complete when none arrived for QUIET_S; no batch waits longer than
+# MAX_WAIT_S for its wave (see HFRolloutServer._wait_for_wave).
+QUIET_S = 0.05
+MAX_WAIT_S = 0.5
 
 
 def server_actor_name(replica_rank: int, name_suffix: str = "") -> str:
@@ -146,12 +150,27 @@ class HFRolloutServer:
             row = ("row", int(priority))
         return row_seed("hf-rollout", self.seed, step, prompt_ids, *row)
 
+    async def _wait_for_wave(self) -> None:
+        """Let the rest of this agent-loop wave arrive before the batch is cut.
+
+        The agent-loop workers send one request per sample, spread over tens of milliseconds. A batch
+        cut at a fixed instant (5 ms after the first request) held 1-8 of the main job's 128 requests
+        and cost a whole decode loop of its own (0.25-0.48 s) before the other ~124 ran: a decode
+        loop's time hardly depends on its batch size on CPU. So wait while requests keep arriving
+        (one more ``QUIET_S`` with no new request ends the wait), at most ``MAX_WAIT_S``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MAX_WAIT_S
+        seen = -1
+        while self._queue.qsize() != seen and loop.time() < deadline:
+            seen = self._queue.qsize()
+            await asyncio.sleep(QUIET_S)
+
     async def _serve(self):
         """Drain the queue into batches of identical sampling specs and run them off the loop."""
         while True:
             first = await self._queue.get()
-            # Let the other concurrent requests of this agent-loop wave arrive.
-            await asyncio.sleep(0.005)
+            await self._wait_for_wave()
             items = [first]
             while not self._queue.empty() and len(items) < self.max_batch_size:
                 items.append(self._queue.get_nowait())

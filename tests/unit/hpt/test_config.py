@@ -53,6 +53,7 @@ def test_the_default_config_gives_typed_values(default_config):
     ("hpt__demo_field", "", r"hpt\.demo_field='' must be a non-empty string"),
     ("hpt__max_consecutive_skips", 1.5, r"hpt\.max_consecutive_skips=1\.5 must be an integer"),
     ("hpt__skip_grad_norm_above", "big", r"hpt\.skip_grad_norm_above='big' must be a positive number"),
+    ("hpt__fuse_old_log_prob", "yes", r"hpt\.fuse_old_log_prob='yes' must be true or false"),
     ("hpt__data__validate", "yes", r"hpt\.data\.validate='yes' must be true or false"),
     ("hpt__data__max_errors_shown", 0, r"hpt\.data\.max_errors_shown=0 must be an integer >= 1"),
     ("hpt__data__filtered_dir", 3, r"hpt\.data\.filtered_dir=3 must be a path or null"),

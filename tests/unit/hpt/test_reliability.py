@@ -332,7 +332,8 @@ def _bare_trainer(char_tok, gate=None, max_skips=5, demo_choice="uniform", demo_
     t.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"response_length": 8}},
                                  "trainer": {"default_local_dir": "/nonexistent"}})
     t.hpt = HPTConfig(demo_field="target", demo_choice=demo_choice, skip_grad_norm_above=None,
-                      max_consecutive_skips=max_skips, data=DataOptions.from_mapping(yaml_defaults()["data"]),
+                      max_consecutive_skips=max_skips, fuse_old_log_prob=False,
+                      data=DataOptions.from_mapping(yaml_defaults()["data"]),
                       gate=gate or GateConfig(strategy="switch", gamma=0.5),
                       loss=UPGELossConfig(),  # no group-alignment term
                       stages=None)

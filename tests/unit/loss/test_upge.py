@@ -178,6 +178,8 @@ class Batch:
             fields["hpt_row_weight"] = self.row_weight
             if getattr(self, "prefix_mask", None) is not None:
                 fields["hpt_prefix_mask"] = self.prefix_mask
+        if getattr(self, "rollout_log_probs", None) is not None:
+            fields["rollout_log_probs"] = self.rollout_log_probs
         td = TensorDict(fields, batch_size=[self.B])
         if hpt_keys and totals:
             annotate_arm_token_counts(td, mini_batch_size=mini_batch_size, dp_size=dp_size)
