@@ -9,7 +9,11 @@ Three runs of the main job's shapes (``+exp=cpu_default``: the arithmetic task, 
     GRPO on the same config without HPT (the ``hpt`` node dropped): verl's fixed cost;
 (c) ``plain``: one process, no Ray, no verl: the same model, prompts, n, sampling (the ``hf`` server's
     own sampler), grader, HPT step (gate, demonstrations, merge) and a forward + backward + AdamW step
-    over the same merged rows (one mini-batch, one micro-batch, as the main job's token budget gives).
+    over the same merged rows (one mini-batch, one micro-batch, as the main job's token budget gives);
+    the old log-probs from a separate no-grad forward, or with ``hpt.fuse_old_log_prob`` (as
+    ``cpu_default``) from the update's own forward, as the trainer does. It trains the merged rows
+    only: the trainer's inert padding rows (to whole mini-batches, one token each under
+    remove-padding) cost a full row each on CPU, where the forward is over the padded width.
 
 Per phase (seconds per step, the first ``--warmup`` steps left out): ``gen`` (generation with grading:
 verl grades inside its agent loop), ``old_log_prob``, ``update``, ``weight_sync`` (the push to the
@@ -184,8 +188,9 @@ def plain_run(steps: int, seed: int = 0, overrides: list[str] | None = None) -> 
         t1 = time.perf_counter()
         merged = step_fn(batch, state, step + 1).merged  # the gate, demonstrations, merge, metrics
         t2 = time.perf_counter()
-        with torch.no_grad():
-            old = _response_log_probs(model, merged)  # (B, R)
+        if not hpt.fuse_old_log_prob:
+            with torch.no_grad():
+                old = _response_log_probs(model, merged)  # (B, R)
         t3 = time.perf_counter()
         td = merged.batch
         mask, demo = td["response_mask"].float(), (td[HPT_ROW_KIND] > 0).float()[:, None]
@@ -196,6 +201,8 @@ def plain_run(steps: int, seed: int = 0, overrides: list[str] | None = None) -> 
             rows_u = torch.as_tensor(uids == u)
             adv[rows_u] = score[rows_u] - score[rows_u].mean()
         logp = _response_log_probs(model, merged)
+        if hpt.fuse_old_log_prob:  # as the trainer then does: the update's own forward is θold's
+            old = logp.detach()
         weight = td[HPT_ROW_WEIGHT][:, None] * mask
         rl = -((torch.exp(logp - old) * adv[:, None]) * weight * (1 - demo)).sum() / const_len
         sft = -(logp * weight * demo).sum() / max(float((mask * demo).sum()), 1.0)
