@@ -4,7 +4,8 @@ stats.json, lr_selection.json, base_passk.md, passk.png, tokens.png and dynamics
 Every method is reported at its selected lr (``verl_ext.arena.selection``), over the seeds it has:
 mean ± std over seeds, a 95 % bootstrap interval over problems and seeds, and paired bootstrap
 differences to the best method and to the base (``verl_ext.arena.stats``), ID and OOD apart. The
-output depends only on the JSONs, so a rebuild of committed results is byte-identical.
+output depends only on the JSONs, so a rebuild of committed results is byte-identical. Runs of two
+bases (two ``base_fingerprint`` values, ``verl_ext.arena.fingerprint``) are refused, not compared.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from verl_ext.arena.fingerprint import check_one_base
 from verl_ext.arena.methods import accuracy, lr_tag, run_path
 from verl_ext.arena.runner import DYN_KEYS
 from verl_ext.arena.selection import needed_grid_methods, select_lrs
@@ -46,10 +48,13 @@ def _sig(v) -> str:
 
 def report(out: Path, methods: dict, names: list[str] | None = None) -> str:
     """Rebuild table.md, passk.png, tokens.png, dynamics.png and base_passk.md from the run JSONs alone."""
-    all_runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*.json"))]
+    paths = sorted((out / "runs").glob("*/*.json"))
+    all_runs = [json.loads(p.read_text()) for p in paths]
     if not all_runs:
         raise SystemExit(f"no run JSONs under {out / 'runs'}: run the arena (scripts/arena.py) first, "
                          f"or pass the --out folder that holds its runs/")
+    # every run from one base (Arena I's runs carry no fingerprint: all "unknown", reported as one)
+    check_one_base(list(zip(paths, all_runs)), out / "runs")
     planned = json.loads((out / "arena.json").read_text()).get("lrs") if (out / "arena.json").exists() else None
     # every method of methods.yaml with results, in its order (arena.json names only the last
     # invocation's methods, and several invocations may have filled runs/)

@@ -2,8 +2,9 @@
 evaluation of each run, and one result JSON per (method, lr, seed).
 
 A run's JSON is its only result: a rerun skips finished JSONs (so the arena resumes after any
-stop) but refuses one written under another setting (steps, questions per step, base), so results
-of two settings are never mixed. A lock per run lets several invocations share one ``runs/``
+stop) but refuses one written under another setting (steps, questions per step, the base's build
+settings and its weights' fingerprint, ``verl_ext.arena.fingerprint``), so results of two settings
+or two bases are never mixed. A lock per run lets several invocations share one ``runs/``
 folder (e.g. ``--methods`` lanes) without training the same run twice.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verl_ext.arena import REPO
+from verl_ext.arena.fingerprint import base_fingerprint
 from verl_ext.arena.methods import accuracy, lr_tag, method_overrides, run_path, slug, stage_steps, stages_of
 from verl_ext.tasks.report import DYNAMICS
 
@@ -45,6 +47,9 @@ class ArenaContext:
     out: Path  # results: runs/, table.md, ...
     quick: bool
     work_root: Path  # checkpoints, logs and locks
+    # base_fingerprint(base), hashed once per invocation: run_arena always sets it. None only for a
+    # context that trains nothing (it still checks finished JSONs); _train_and_evaluate refuses it
+    base_fingerprint: str | None = None
 
 
 # ------------------------------------------------------------------ data and base
@@ -93,8 +98,9 @@ def eval_sets(cfg: dict, data: Path, quick: bool) -> dict:
 
 
 def base_settings(base: Path) -> dict | None:
-    """The base model's build settings (hpt_base.json), stored in every run so that a rerun never
-    mixes results of two bases."""
+    """The base model's build settings (hpt_base.json), stored in every run next to its weights'
+    fingerprint: the fingerprint tells two bases apart (the same settings built on another machine
+    give other weights), the settings say how each was built."""
     marker = Path(base) / "hpt_base.json"
     return json.loads(marker.read_text()).get("settings") if marker.exists() else None
 
@@ -202,18 +208,30 @@ def run_one(ctx: ArenaContext, name: str, lr, seed: int) -> dict:
     trained and evaluated now."""
     path = run_path(ctx.out, name, lr, seed)
     setting = {"steps": ctx.steps, "questions_per_step": ctx.questions_per_step, "quick": ctx.quick,
-               "base_settings": base_settings(ctx.base)}
+               "base_settings": base_settings(ctx.base), "base_fingerprint": ctx.base_fingerprint}
     if path.exists():
-        done = json.loads(path.read_text())
-        differs = {k: (done.get(k), v) for k, v in setting.items() if done.get(k) != v}
-        if differs:
-            raise SystemExit(f"{path} was run under another setting ({differs}; stored, now): move it away "
-                             f"or pass another --out; results of two settings are never mixed")
-        return done
+        return finished_run(path, setting, ctx.base)
     with run_lock(ctx.work_root / slug(name) / f"lr{lr_tag(lr)}_s{seed}.lock", f"{name} lr={lr_tag(lr)} s={seed}"):
         if path.exists():  # finished by another invocation between the check above and the lock
-            return json.loads(path.read_text())
+            return finished_run(path, setting, ctx.base)
         return _train_and_evaluate(ctx, name, lr, seed, path, setting)
+
+
+def finished_run(path: Path, setting: dict, base: Path) -> dict:
+    """A finished run's JSON, refused (naming the file) if written under another setting. Another
+    base's weights are named first: with the same build settings (a base rebuilt on another
+    machine) they are the one difference, and a JSON written before fingerprints has none."""
+    done = json.loads(path.read_text())
+    stored, now = done.get("base_fingerprint"), setting["base_fingerprint"]
+    if stored != now:
+        raise SystemExit(f"{path} was trained from another base: its base_fingerprint is "
+                         f"{stored or 'missing (written before fingerprints)'}, the base {base} has {now}; move it "
+                         f"away or pass another --out; results of two bases are never mixed")
+    differs = {k: (done.get(k), v) for k, v in setting.items() if done.get(k) != v}
+    if differs:
+        raise SystemExit(f"{path} was run under another setting ({differs}; stored, now): move it away "
+                         f"or pass another --out; results of two settings are never mixed")
+    return done
 
 
 @contextmanager
@@ -249,6 +267,9 @@ def run_lock(path: Path, what: str):
 
 
 def _train_and_evaluate(ctx: ArenaContext, name: str, lr, seed: int, path: Path, setting: dict) -> dict:
+    if ctx.base_fingerprint is None:
+        raise ValueError(f"{path}: the arena context has no base_fingerprint, and every run trained records "
+                         f"its base's; set ArenaContext.base_fingerprint = base_fingerprint({ctx.base})")
     t0 = time.time()
     methods, work_root = ctx.methods, ctx.work_root
     rec = {"method": name, "lr": lr, "seed": seed, **setting}
@@ -331,13 +352,15 @@ def run_arena(cfg: dict, common: list[str], methods: dict, names: list[str], out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data, base = prepare(cfg, quick)
+    fingerprint = base_fingerprint(base)  # once per invocation: every run of it records this one
     sets = eval_sets(cfg, data, quick)
     order = (["base"] if "base" in methods and "base" not in names else []) + names
     (out / "arena.json").write_text(json.dumps({"methods": order, "seeds": seeds, "lrs": lrs, "steps": steps,
                                                 "questions_per_step": qps, "quick": quick,
                                                 "eval_rows": {k: len(v) for k, v in sets.items()}}, indent=2))
     ctx = ArenaContext(cfg=cfg, common=common, methods=methods, steps=steps, questions_per_step=qps, data=data,
-                       base=base, sets=sets, out=out, quick=quick, work_root=work_root)
+                       base=base, sets=sets, out=out, quick=quick, work_root=work_root,
+                       base_fingerprint=fingerprint)
 
     def go_all(runs: list[tuple]):
         """(method, lr, seed) runs, ``jobs`` at a time: each trains in its own process (its own Ray),

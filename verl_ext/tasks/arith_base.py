@@ -31,6 +31,9 @@ SETTINGS = {"hidden_size": 128, "num_layers": 4, "num_heads": 2, "intermediate_s
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="models/arith-base")
+    ap.add_argument("--task", choices=("arith", "chains"), default="arith",
+                    help="whose warm-up problems (verl_ext/tasks/arithmetic.py, verl_ext/tasks/chains.py)")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="for the held-out accuracy report")
     ap.add_argument("--test", default="data/arith/test.parquet",
                     help="held-out problems: excluded from warm-up data, used for the base accuracy report")
     ap.add_argument("--steps", type=int, default=SETTINGS["steps"])
@@ -49,12 +52,15 @@ def main(argv=None):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from verl_ext.tasks.arithmetic import generate_rows
+    from verl_ext.tasks import TASKS
     from verl_ext.tasks.evaluate import level_accuracy
     from verl_ext.tasks.warmup import sft_train
     from verl_ext.tiny import build_tiny_model
 
+    generate_rows = TASKS[args.task].generate_rows
     settings = dict(SETTINGS, steps=args.steps)
+    if args.task != "arith":  # recorded (and so compared) only when it is not the default's
+        settings["task"] = args.task
     if args.hidden_size:
         settings.update(hidden_size=args.hidden_size, num_heads=max(1, args.hidden_size // 64),
                         intermediate_size=2 * args.hidden_size)
@@ -96,7 +102,7 @@ def main(argv=None):
     sft_train(model, tok, pairs, steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
               seed=settings["seed"], log_every=50)
     model.save_pretrained(out, safe_serialization=True)
-    acc = level_accuracy(model, tok, test)
+    acc = level_accuracy(model, tok, test, max_new_tokens=args.max_new_tokens)
     marker.write_text(json.dumps({"settings": settings, "heldout_greedy_accuracy": acc,
                                   "seconds": round(time.time() - t0, 1)}, indent=2))
     print(f"base model saved to {out} in {time.time() - t0:.0f}s; held-out greedy accuracy {acc}")

@@ -16,25 +16,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from verl_ext.tasks.arithmetic import LEVELS, generate_rows
+from verl_ext.tasks import TASKS
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="data/arith")
+    ap.add_argument("--task", choices=sorted(TASKS), default="arith",
+                    help="arith: verl_ext/tasks/arithmetic.py; chains: verl_ext/tasks/chains.py (Arena II)")
     ap.add_argument("--train", type=int, default=4000)
     ap.add_argument("--test", type=int, default=200)
-    ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    ap.add_argument("--levels", default=None, help="comma-separated levels (default: all of the task's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-weights", default="4,3,1,1,1",
-                    help="relative frequency of each level in the training set (easy levels dominate, "
-                         "as in a real curriculum where most questions are within reach)")
+    ap.add_argument("--train-weights", default=None,
+                    help="relative frequency of each level in the training set (default for arith: 4,3,1,1,1: "
+                         "easy levels dominate, as in a real curriculum where most questions are within reach; "
+                         "for other tasks: equal)")
     ap.add_argument("--val", type=int, default=0, help="validation problems (val.parquet), disjoint from test")
     ap.add_argument("--ood-levels", default="", help="comma-separated OOD levels for test_ood.parquet")
     ap.add_argument("--ood-test", type=int, default=0, help="OOD test problems (test_ood.parquet)")
     args = ap.parse_args(argv)
+    task = TASKS[args.task]
+    generate_rows = task.generate_rows
 
-    levels = tuple(int(x) for x in args.levels.split(","))
+    levels = tuple(int(x) for x in args.levels.split(",")) if args.levels else task.LEVELS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     test = generate_rows(args.test, levels, seed=args.seed + 1, split="test")
@@ -44,7 +49,8 @@ def main(argv=None):
         val = generate_rows(args.val, levels, seed=args.seed + 2, split="val", exclude=held_out)
         held_out |= {r["extra_info"]["question"] for r in val}
     # Level 1 has only 100 distinct problems, so training problems may repeat; held-out ones never appear.
-    weights = tuple(float(x) for x in args.train_weights.split(",")) if args.train_weights else None
+    weight_arg = args.train_weights or ("4,3,1,1,1" if args.task == "arith" and not args.levels else "")
+    weights = tuple(float(x) for x in weight_arg.split(",")) if weight_arg else None
     if weights is not None and len(weights) != len(levels):
         raise SystemExit(f"--train-weights has {len(weights)} entries for {len(levels)} levels")
     train = generate_rows(args.train, levels, seed=args.seed, split="train", exclude=held_out, unique=False,

@@ -97,11 +97,13 @@ def to_verl_row(problem: Problem, index: int, split: str) -> dict:
 
 def generate_rows(n: int, levels: tuple[int, ...], seed: int, split: str,
                   exclude: set[str] | None = None, unique: bool = True,
-                  weights: tuple[float, ...] | None = None) -> list[dict]:
+                  weights: tuple[float, ...] | None = None, make=None, to_row=None) -> list[dict]:
     """n problems spread evenly over ``levels``; questions in ``exclude`` are never produced
     (keeps evaluation problems out of training). ``unique=False`` allows repeats (level 1 has only
     100 distinct problems). ``weights`` (one per level) draws levels at random in those
-    proportions instead of round-robin."""
+    proportions instead of round-robin. ``make``/``to_row``: another task's problem maker and row
+    writer (default: this module's; :mod:`verl_ext.tasks.chains` passes its own)."""
+    make, to_row = make or make_problem, to_row or to_verl_row
     rng = random.Random(seed)
     seen = set(exclude or ())
     rows = []
@@ -111,9 +113,9 @@ def generate_rows(n: int, levels: tuple[int, ...], seed: int, split: str,
         if attempts > 100 * n + 1000:
             raise RuntimeError(f"could not draw {n} distinct problems from levels {levels}")
         level = rng.choices(levels, weights)[0] if weights else levels[len(rows) % len(levels)]
-        p = make_problem(level, rng)
+        p = make(level, rng)
         if p.question in (exclude or ()) or (unique and p.question in seen):
             continue
         seen.add(p.question)
-        rows.append(to_verl_row(p, len(rows), split))
+        rows.append(to_row(p, len(rows), split))
     return rows

@@ -53,10 +53,11 @@ def test_fused_gradient_equals_the_separate_pass_for_any_split(name):
         sep, _ = run_loss(batch, fn, batch.tensordict(), split, with_entropy=True)
         assert_grad_close(grad(sep, batch), grad(loss, batch))
     # two DP ranks (FSDP averages them)
-    loss2, _ = run_loss(batch, fn, _fused_td(batch, mini_batch_size=10, dp_size=2), [[[0, 1, 2, 3, 4]], [[5, 6, 7, 8, 9]]],
-                        dp_size=2, n_ranks=2, with_entropy=True)
-    sep2, _ = run_loss(batch, fn, batch.tensordict(mini_batch_size=10, dp_size=2), [[[0, 1, 2, 3, 4]], [[5, 6, 7, 8, 9]]],
-                       dp_size=2, n_ranks=2, with_entropy=True)
+    ranks = [[[0, 1, 2, 3, 4]], [[5, 6, 7, 8, 9]]]
+    loss2, _ = run_loss(batch, fn, _fused_td(batch, mini_batch_size=10, dp_size=2), ranks, dp_size=2, n_ranks=2,
+                        with_entropy=True)
+    sep2, _ = run_loss(batch, fn, batch.tensordict(mini_batch_size=10, dp_size=2), ranks, dp_size=2, n_ranks=2,
+                       with_entropy=True)
     assert_grad_close(grad(sep2, batch), grad(loss2, batch))
     assert torch.isfinite(grad(ref, batch)).all()
 
