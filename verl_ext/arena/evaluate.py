@@ -35,7 +35,9 @@ def correct_counts(model, tokenizer, rows: pd.DataFrame, temperature: float = 0.
 
 
 def chain_is_wrong(text: str, demonstration: str) -> bool:
-    """A written step that is false (``a+b=c`` with a + b != c), or any chain but the demonstration's."""
-    steps = re.findall(r"(\d+)([+*])(\d+)=(\d+)", text)
-    false = any((int(a) + int(b) if op == "+" else int(a) * int(b)) != int(c) for a, op, b, c in steps)
+    """A written step that is false (``a+b=c`` with a + b != c; also ``-``, ``*``), or any chain but the
+    demonstration's."""
+    steps = re.findall(r"(\d+)([-+*])(\d+)=(\d+)", text)
+    value = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    false = any(value[op](int(a), int(b)) != int(c) for a, op, b, c in steps)
     return false or text.strip() != demonstration.strip()

@@ -9,6 +9,7 @@ the trainer.
 
     python scripts/bench/arena_probe.py base  models/arena-base
     python scripts/bench/arena_probe.py train models/arena-base --mode grpo --lr 3e-5 --steps 100 --questions 32
+    # Arena II (the chain task): --task chains --data data/arena2 --max-new-tokens 96 --train-levels 2,...,8
 
 ``base`` prints, per level of the arena's test files: greedy accuracy, pass@1 and pass@8 at
 temperature 1, and for the levels 2-3 rollouts that are graded correct, the share whose written
@@ -35,11 +36,10 @@ from verl_ext.arena import REPO
 from verl_ext.arena.evaluate import chain_is_wrong, correct_counts, level_of
 from verl_ext.reward import compute_score
 from verl_ext.rollout.sampling import SamplingSpec, sample_batch
-from verl_ext.tasks.arithmetic import generate_rows
+from verl_ext.tasks import TASKS
 from verl_ext.tasks.evaluate import level_accuracy
 
 N_ROLLOUTS = 4
-MAX_NEW_TOKENS = 48
 
 
 def prompt_ids(tok, row) -> list[int]:
@@ -58,22 +58,33 @@ def load(path: str):
     return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
-def probe_base(path: str, data: Path, per_level: int) -> None:
+def probe_base(path: str, data: Path, per_level: int, task: str = "arith", max_new_tokens: int = 48,
+               rows_from: str = "test") -> dict:
+    """Per level: greedy accuracy, pass@1 and pass@8 at T=1, and the share of problems with no
+    correct sample in 8 (the premise "no RL signal"); ``rows_from`` test (+ OOD) or train."""
     tok, model = load(path)
     model.eval()
-    df = pd.concat([pd.read_parquet(data / "test.parquet"), pd.read_parquet(data / "test_ood.parquet")])
+    df = (pd.concat([pd.read_parquet(data / "test.parquet"), pd.read_parquet(data / "test_ood.parquet")])
+          if rows_from == "test" else pd.read_parquet(data / "train.parquet"))
+    result = {}
     levels = df.apply(level_of, axis=1)
     for level in sorted(levels.unique()):
         rows = df[levels == level].head(per_level)
-        greedy, _ = correct_counts(model, tok, rows)
-        sampled, _ = correct_counts(model, tok, rows, temperature=1.0, samples=8, seed=1)
-        print(f"level {level}: greedy {100 * sum(greedy) / len(greedy):5.1f}  pass@1 (T=1) "
-              f"{100 * sum(sampled) / (8 * len(sampled)):5.1f}  pass@8 "
-              f"{100 * sum(c > 0 for c in sampled) / len(sampled):5.1f}   ({len(rows)} problems)", flush=True)
-    rows = generate_rows(64, (2, 3), seed=5, split="probe", unique=False)
+        greedy, _ = correct_counts(model, tok, rows, max_new_tokens=max_new_tokens)
+        sampled, _ = correct_counts(model, tok, rows, temperature=1.0, samples=8, seed=1,
+                                    max_new_tokens=max_new_tokens)
+        result[int(level)] = {"problems": len(rows), "greedy": sum(greedy) / len(greedy),
+                              "pass@1": sum(sampled) / (8 * len(sampled)),
+                              "pass@8": sum(c > 0 for c in sampled) / len(sampled),
+                              "no_correct_in_8": sum(c == 0 for c in sampled) / len(sampled)}
+        r = result[int(level)]
+        print(f"level {level}: greedy {100 * r['greedy']:5.1f}  pass@1 (T=1) {100 * r['pass@1']:5.1f}  pass@8 "
+              f"{100 * r['pass@8']:5.1f}  none of 8 correct {100 * r['no_correct_in_8']:5.1f}   ({len(rows)} problems, "
+              f"{rows_from})", flush=True)
+    rows = TASKS[task].generate_rows(64, (2, 3), seed=5, split="probe", unique=False)
     prompts = [prompt_ids(tok, r) for r in rows for _ in range(N_ROLLOUTS)]
     with torch.no_grad():
-        outs = sample_batch(model, prompts, SamplingSpec(temperature=1.0, max_new_tokens=MAX_NEW_TOKENS),
+        outs = sample_batch(model, prompts, SamplingSpec(temperature=1.0, max_new_tokens=max_new_tokens),
                             {tok.eos_token_id}, tok.pad_token_id, torch.Generator().manual_seed(0))
     owners = [r for r in rows for _ in range(N_ROLLOUTS)]
     correct = [(o, r) for o, r in zip(outs, owners) if is_correct(tok, o, r)]
@@ -81,19 +92,20 @@ def probe_base(path: str, data: Path, per_level: int) -> None:
                       for o, r in correct)
     print(f"levels 2-3 at T=1: {len(correct)} of {len(outs)} rollouts correct, {wrong_chain} of them through a "
           f"wrong chain", flush=True)
+    return result
 
 
 def train(path: str, data: Path, mode: str, lr: float, steps: int, questions: int, seed: int,
-          levels: tuple[int, ...] = (2, 3, 4, 5)) -> None:
+          levels: tuple[int, ...] = (2, 3, 4, 5), task: str = "arith", max_new_tokens: int = 48) -> dict:
     tok, model = load(path)
     test = pd.read_parquet(data / "test.parquet")
     test = test[test.apply(level_of, axis=1).groupby(test.apply(level_of, axis=1)).cumcount() < 100]
-    rows = generate_rows(4000, levels, seed=7, split="probe", unique=False,
+    rows = TASKS[task].generate_rows(4000, levels, seed=7, split="probe", unique=False,
                          exclude={info["question"] for info in test["extra_info"]})
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    spec = SamplingSpec(temperature=1.0, max_new_tokens=MAX_NEW_TOKENS)
+    spec = SamplingSpec(temperature=1.0, max_new_tokens=max_new_tokens)
     eos = tok.eos_token_id
 
     def demo(row):
@@ -145,9 +157,11 @@ def train(path: str, data: Path, mode: str, lr: float, steps: int, questions: in
             print(f"step {step + 1}: rollout pass rate {sum(pass_rate[-25:]) / 25:.3f}  SFT share "
                   f"{sum(sft_share[-25:]) / 25:.2f}  ({time.time() - t0:.0f}s)", flush=True)
     model.eval()
-    acc = level_accuracy(model, tok, test)
+    acc = level_accuracy(model, tok, test, max_new_tokens=max_new_tokens)
     print(f"{mode} lr {lr:g}, {steps} steps x {questions} questions: greedy "
           + "  ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()) + f"  ({time.time() - t0:.0f}s)", flush=True)
+    return {"mode": mode, "lr": lr, "steps": steps, "questions": questions, "seed": seed, "levels": list(levels),
+            "greedy": acc, "test_per_level": 100, "seconds": round(time.time() - t0, 1)}
 
 
 def main(argv=None):
@@ -163,10 +177,23 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-levels", default="2,3,4,5", help="train: the levels questions are drawn from")
+    ap.add_argument("--task", choices=sorted(TASKS), default="arith")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--rows", choices=["test", "train"], default="test", help="base: the problems probed")
+    ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == "base":
-        probe_base(args.model, Path(args.data), args.per_level)
+        result = {"what": "base", "model": args.model, "rows": args.rows,
+                  "levels": probe_base(args.model, Path(args.data), args.per_level, args.task, args.max_new_tokens,
+                                       args.rows)}
     else:
-        train(args.model, Path(args.data), args.mode, args.lr, args.steps, args.questions, args.seed,
-              tuple(int(x) for x in args.train_levels.split(",")))
+        result = {"what": "train", "model": args.model, **train(
+            args.model, Path(args.data), args.mode, args.lr, args.steps, args.questions, args.seed,
+            tuple(int(x) for x in args.train_levels.split(",")), args.task, args.max_new_tokens)}
+    if args.json:
+        import json
+
+        with open(args.json, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result

@@ -62,20 +62,27 @@ def prepare(cfg: dict, quick: bool) -> tuple[Path, Path]:
     from verl_ext.tasks.arith_dataset import main as make_data
 
     d, b = cfg["data"], cfg["base"]
+    task = ["--task", cfg["task"]] if cfg.get("task") else []  # Arena I's config names none: arith
     data = REPO / d["dir"]
     if not (data / "test_ood.parquet").exists():
-        make_data(["--out", str(data), "--levels", ",".join(map(str, d["levels"])),
+        make_data([*task, "--out", str(data), "--levels", ",".join(map(str, d["levels"])),
                    "--train-weights", ",".join(map(str, d["train_weights"])), "--train", str(d["train"]),
                    "--test", str(d["test"]), "--val", str(d["val"]),
                    "--ood-levels", ",".join(map(str, d["ood_levels"])), "--ood-test", str(d["ood_test"])])
     steps = cfg["quick"]["warmup_steps"] if quick else b["warmup_steps"]
     base = REPO / (b["dir"] + ("-quick" if quick else ""))
-    make_base(["--out", str(base), "--test", str(data / "test.parquet"), "--steps", str(steps),
+    make_base([*task, "--out", str(base), "--test", str(data / "test.parquet"), "--steps", str(steps),
+               "--max-new-tokens", str(max_new_tokens(cfg)),
                "--warmup-levels", ",".join(map(str, b["warmup_levels"])),
                *(["--warmup-weights", ",".join(map(str, b["warmup_weights"]))] if b.get("warmup_weights") else []),
                *(["--threads", str(b["threads"])] if b.get("threads") else []),
                "--exclude", f"{data / 'val.parquet'},{data / 'test_ood.parquet'}"])
     return data, base
+
+
+def max_new_tokens(cfg: dict) -> int:
+    """The response budget of evaluation (and of training, through the config's trainer overrides)."""
+    return int(cfg.get("max_new_tokens", 48))
 
 
 def eval_sets(cfg: dict, data: Path, quick: bool) -> dict:
@@ -190,11 +197,13 @@ def evaluate_model(path: Path, sets: dict, cfg: dict, quick: bool, seed: int) ->
     res = {}
     for name in ("val", "test", "ood"):
         rows = sets[name]
-        counts, texts = correct_counts(model, tok, rows, keep_text=6 if name == "test" else 0)
+        counts, texts = correct_counts(model, tok, rows, keep_text=6 if name == "test" else 0,
+                                       max_new_tokens=max_new_tokens(cfg))
         res[name] = {"levels": [int(e["level"]) for e in rows["extra_info"]], "correct": "".join(map(str, counts))}
         if texts:
             res["samples"] = texts
-    counts, _ = correct_counts(model, tok, sets["passk"], temperature=1.0, samples=samples, seed=seed)
+    counts, _ = correct_counts(model, tok, sets["passk"], temperature=1.0, samples=samples, seed=seed,
+                               max_new_tokens=max_new_tokens(cfg))
     res["passk"] = {"levels": [int(e["level"]) for e in sets["passk"]["extra_info"]], "samples": samples,
                     "counts": counts}
     return res
@@ -290,7 +299,7 @@ def _train_and_evaluate(ctx: ArenaContext, name: str, lr, seed: int, path: Path,
                      f"actor_rollout_ref.model.path={model}", f"data.train_batch_size={q}",
                      f"actor_rollout_ref.actor.ppo_mini_batch_size={q}", f"actor_rollout_ref.actor.optim.lr={st_lr}",
                      f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}", "trainer.total_epochs=100",
-                     f"trainer.experiment_name=arena_{slug(name)}_{i}"]
+                     f"trainer.experiment_name=arena_{slug(name)}_{i}", *ctx.cfg.get("overrides", [])]
             work = work_root / slug(name) / f"lr{lr_tag(lr)}_s{seed}" / f"stage{i}"
             ts = time.time()
             model, rows = train_stage(n_steps, work, [*ov, *extra], ctx.cfg["exp"],
