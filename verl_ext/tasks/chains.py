@@ -1,22 +1,27 @@
-"""Chained one-digit additions and subtractions, one operation per line: Arena II's task.
+"""Chained one-digit additions, one operation per line: Arena II's task.
 
-Difficulty is the number of operations k. Every line of a demonstration is one step
-``x±d=y`` with the running total x, y in [0, 19] and d in 1..9, and each operation is drawn so that
-the total stays in that range, so a model warmed up on chains of one and two operations has seen
-(nearly) every step a longer chain needs. What a longer chain adds is bookkeeping, not arithmetic:
-taking the i-th operand of the question and carrying the total on. Demonstrations then teach what
-the model can learn but not find (the premise hybrid training rests on; Arena I's multiplication
-levels broke it), and chains one step longer than the warm-up's are within the model's reach
-sometimes (RL's regime).
+Difficulty is the number of additions k. Every line of a demonstration is one step ``x+d=y`` (d in
+1..9), and level 1 is that step alone for any x in 0..90, so a model warmed up on levels 1 and 2 has
+seen every step a longer chain needs and the bookkeeping of two. What a longer chain adds is
+bookkeeping, not arithmetic: taking the i-th operand of the question and carrying the total on.
+Demonstrations then teach what the model can learn but not find (the premise hybrid training rests
+on; Arena I's multiplication levels broke it), and chains one step longer than the warm-up's are
+within the model's reach sometimes (RL's regime).
 
-    Compute 7+5-3+8.   ->   7+5=12
-                            12-3=9
-                            9+8=17
-                            \\boxed{17}
+Additions only, so every partial total is below the answer: a model that stops a chain early, or
+skips an operand, is always wrong. (A first version mixed + and - within totals of 0..19; its base
+stopped after two steps and was right by chance on 5-20 % of the long chains, which breaks "no RL
+signal where it is hard": results/arena2/probes.md.)
 
-Levels 1..8: k operations. Out-of-distribution families (never trained, never in the warm-up):
+    Compute 7+5+3+8.   ->   7+5=12
+                            12+3=15
+                            15+8=23
+                            \\boxed{23}
+
+Levels: 1: x+d with x in 0..90 (one step); k = 2..8: k additions to a one-digit start (1..9).
+Out-of-distribution families (never trained, never in the warm-up):
   9:  k = 10, a longer chain than any level;
-  10: k = 3..5 with a new surface form: spaces around the operators in the question (``7 + 5 - 3``),
+  10: k = 3..5 with a new surface form: spaces around the operators in the question (``7 + 5 + 3``),
       which the byte-level tokenizer sees as different tokens; the answer's format is unchanged.
 The ground truth is the integer; the project's math reward grades the last ``\\boxed{}``.
 """
@@ -32,42 +37,29 @@ from verl_ext.tasks.arithmetic import Problem
 DATA_SOURCE = "hpt_chain"
 LEVELS = (1, 2, 3, 4, 5, 6, 7, 8)
 OOD_LEVELS = (9, 10)
-TOTAL_MAX = 19  # running totals stay in [0, TOTAL_MAX]
-LONG_K = 10  # OOD level 9's number of operations
-SPACED_K = (3, 4, 5)  # OOD level 10's numbers of operations
-LEVEL_NAMES = {**{k: f"{k} op{'s' if k > 1 else ''}" for k in LEVELS},
-               9: f"{LONG_K} ops (OOD: longer chain)", 10: "3-5 ops, spaced question (OOD: surface form)"}
-
-
-def _chain(k: int, rng: random.Random) -> tuple[list[tuple[str, int]], int]:
-    """(the k operations as (op, operand), the start): every running total in [0, TOTAL_MAX]."""
-    start = rng.randint(1, 9)
-    total, ops = start, []
-    for _ in range(k):
-        choices = [(op, d) for op in "+-" for d in range(1, 10)
-                   if 0 <= (total + d if op == "+" else total - d) <= TOTAL_MAX]
-        op, d = rng.choice(choices)
-        ops.append((op, d))
-        total = total + d if op == "+" else total - d
-    return ops, start
+STEP_X_MAX = 90  # level 1's x: every step x+d a chain of up to 8 additions meets (9 + 8*9 = 81)
+LONG_K = 10  # OOD level 9's number of additions
+SPACED_K = (3, 4, 5)  # OOD level 10's numbers of additions
+LEVEL_NAMES = {1: "x+d (one step)", **{k: f"{k} additions" for k in LEVELS[1:]},
+               9: f"{LONG_K} additions (OOD: longer chain)", 10: "3-5 additions, spaced question (OOD: surface form)"}
 
 
 def make_problem(level: int, rng: random.Random) -> Problem:
-    if level in LEVELS:
-        k, sep = level, ""
+    if level == 1:
+        start, ops, sep = rng.randint(0, STEP_X_MAX), [rng.randint(1, 9)], ""
+    elif level in LEVELS:
+        start, ops, sep = rng.randint(1, 9), [rng.randint(1, 9) for _ in range(level)], ""
     elif level == 9:
-        k, sep = LONG_K, ""
+        start, ops, sep = rng.randint(1, 9), [rng.randint(1, 9) for _ in range(LONG_K)], ""
     elif level == 10:
-        k, sep = rng.choice(SPACED_K), " "
+        start, ops, sep = rng.randint(1, 9), [rng.randint(1, 9) for _ in range(rng.choice(SPACED_K))], " "
     else:
         raise ValueError(f"level must be one of {LEVELS + OOD_LEVELS}, got {level}")
-    ops, total = _chain(k, rng)
-    expr, lines = str(total), []
-    for op, d in ops:
-        nxt = total + d if op == "+" else total - d
-        expr += f"{sep}{op}{sep}{d}"
-        lines.append(f"{total}{op}{d}={nxt}")
-        total = nxt
+    total, expr, lines = start, str(start), []
+    for d in ops:
+        expr += f"{sep}+{sep}{d}"
+        lines.append(f"{total}+{d}={total + d}")
+        total += d
     demo = "\n".join(lines) + f"\n\\boxed{{{total}}}"
     return Problem(level=level, question=expr, answer=total, demonstration=demo)
 
