@@ -130,9 +130,12 @@ def _lora_problems(config) -> list[str]:
             "that path pushes the base weights only and never the adapter (verl issue #7495), so the rollout keeps "
             "sampling from the initial policy. Use backend=naive (verl's default) or "
             "actor_rollout_ref.model.lora.merge=true.")
-    if str(rollout.get("name", "vllm")) == "hf" and not merge:
+    # The hf rollout serves adapter mode by merging each pushed lora_A/lora_B pair into its Linear
+    # (verl_ext.rollout.hf_server.merged_lora_weights); LoRA on bare nn.Parameters is no such pair.
+    if str(rollout.get("name", "vllm")) == "hf" and not merge and model.get("target_parameters"):
         problems.append(
-            "actor_rollout_ref.rollout.name=hf with LoRA in adapter mode: verl pushes the adapter tensors "
-            "(lora_A/lora_B) on their own, which the hf rollout server does not apply. Set "
-            "actor_rollout_ref.model.lora.merge=true (verl pushes the merged weights, cast to bf16) or use vLLM.")
+            f"actor_rollout_ref.model.target_parameters={model.get('target_parameters')} with "
+            "actor_rollout_ref.rollout.name=hf and LoRA in adapter mode: the hf rollout merges adapters into "
+            "Linear modules (lora_A/lora_B of target_modules) only, not LoRA on nn.Parameters. Set "
+            "actor_rollout_ref.model.lora.merge=true (verl pushes the merged weights) or drop target_parameters.")
     return problems

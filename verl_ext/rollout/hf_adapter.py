@@ -5,6 +5,12 @@ verl's hybrid ``ActorRolloutRefWorker`` builds one of these per training rank
 ``update_weights(per_tensor_param_generator)`` with the FSDP engine's full (gathered) tensors.
 Every rank must drain the generator (gathering is collective); the first rank of each replica
 forwards the tensors to its replica's server actor.
+
+With LoRA in adapter mode verl's worker (``verl/workers/engine_workers.py:786-806``) makes this call
+with ``peft_config`` (peft's ``LoraConfig.to_dict()``) and ``base_sync_done``: at the first update
+with the base weights (``base_sync_done=False``; only when ``rollout.load_format`` is dummy, verl's
+default), then at every update with the adapter tensors alone (``base_sync_done=True``). Both travel to
+the server as they are: it tells the pushes apart by them (``HFRolloutServer.load_weights``).
 """
 
 from __future__ import annotations
@@ -57,5 +63,8 @@ class HFServerAdapter(BaseRollout):
             if self.is_leader:
                 state[name] = tensor.detach().to("cpu", copy=True)
         if self.is_leader:
-            n = await self._server_handle().load_weights.remote(state, kwargs.get("global_steps"))
-            logger.info("hf rollout: pushed %d tensors to replica %d", n, self.replica_rank)
+            peft_config, base_sync_done = kwargs.get("peft_config"), bool(kwargs.get("base_sync_done", False))
+            n = await self._server_handle().load_weights.remote(
+                state, kwargs.get("global_steps"), peft_config=peft_config, base_sync_done=base_sync_done)
+            kind = "full" if not peft_config else ("LoRA adapter" if base_sync_done else "LoRA base")
+            logger.info("hf rollout: pushed %d tensors (%s) to replica %d", n, kind, self.replica_rank)

@@ -20,12 +20,19 @@ generates with s-1. The samples of a step therefore depend neither on the order 
 arrive nor on which of them share a forward batch, and a run resumed from a checkpoint at step s
 draws exactly the rollouts an uninterrupted run draws. A request without a priority falls back to
 the number of identical prompts already seen this step (arrival order).
+
+LoRA (``actor_rollout_ref.model.lora_rank`` > 0): in merge mode (``model.lora.merge=true``) verl pushes
+full merged weights and nothing here differs. In adapter mode verl pushes the frozen base once (peft's
+``.base_layer`` names) and then, after every update, only the ``lora_A``/``lora_B`` tensors with the
+peft config, which vLLM applies as a LoRA adapter; :meth:`HFRolloutServer.load_weights` serves the
+same policy by merging them into the Linears it targets (:func:`merged_lora_weights`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from typing import Any, Optional
 
@@ -44,6 +51,10 @@ SERVER_NAME_PREFIX = "hf_rollout_server_"
 # MAX_WAIT_S for its wave (see HFRolloutServer._wait_for_wave).
 QUIET_S = 0.05
 MAX_WAIT_S = 0.5
+# peft's prefix of a PeftModel's names (``base_model.model.<HF name>``); vLLM drops exactly this leading
+# prefix when it parses an adapter tensor's name (``parse_fine_tuned_lora_name``).
+PEFT_PREFIX = "base_model.model."
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 
 
 def server_actor_name(replica_rank: int, name_suffix: str = "") -> str:
@@ -57,6 +68,105 @@ def requested_log_probs(sampling_params: dict[str, Any], log_probs: list[float])
     agent-loop chunk has them or none has: verl stacks them per chunk, and a demonstration-prefix row
     that needs no server call (``hpt_prefix_agent``) follows the request's flag, not the server's."""
     return list(log_probs) if sampling_params.get("logprobs", True) else None
+
+
+def lora_base_name(name: str) -> str:
+    """HF name of a tensor of verl's LoRA base push.
+
+    verl's FSDP engine names the base as the HF model does, except that it writes peft's ``.base_layer``
+    infix into every Linear peft may wrap (``...q_proj.base_layer.weight``: ``replace_lora_wrapper``,
+    verl/utils/fsdp_utils.py:792), for vLLM's LoRA-wrapped layers; the served HF model has no wrapper.
+    """
+    if name.startswith(PEFT_PREFIX):
+        name = name[len(PEFT_PREFIX):]
+    return name.replace(".base_layer.", ".")
+
+
+def lora_adapter_name(name: str) -> str:
+    """An adapter tensor's name without peft's ``base_model.model.`` prefix, as vLLM parses it."""
+    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+
+
+def lora_target_weights(adapter_names) -> list[str]:
+    """HF weight names of the Linears an adapter targets (``<module>.lora_A.weight`` -> ``<module>.weight``).
+
+    Raises KeyError naming every tensor that is not a Linear's ``lora_A``/``lora_B`` (embedding LoRA,
+    LoRA biases, DoRA magnitudes, ``modules_to_save`` copies): the hf rollout cannot apply those.
+    """
+    other = [n for n in adapter_names if not n.endswith(LORA_SUFFIXES)]
+    if other:
+        raise KeyError(
+            f"hf rollout: LoRA adapter tensors that are not a Linear's lora_A/lora_B weight, which it cannot "
+            f"apply: {other[:5]} (+{max(0, len(other) - 5)})")
+    return sorted({n[: -len(".lora_A.weight")] + ".weight" for n in adapter_names})
+
+
+def lora_scale(peft_config: dict) -> float:
+    """The factor vLLM applies to B @ A (its ``PEFTHelper``): ``lora_alpha / r``, or
+    ``lora_alpha / sqrt(r)`` with rsLoRA. peft trains with the same factor as long as the adapter has one
+    rank and one alpha for every module.
+
+    Raises ValueError for the peft settings under which merging ``W + scale · B @ A`` is not the trained
+    policy: verl's own LoraConfig sets none of them (verl/workers/engine/fsdp/transformer_impl.py:358-366),
+    an adapter loaded with ``actor_rollout_ref.model.lora_adapter_path`` may.
+    """
+    problems = []
+    if peft_config.get("use_dora"):
+        problems.append("use_dora=True (DoRA rescales each column; vLLM refuses it too)")
+    if peft_config.get("rank_pattern") or peft_config.get("alpha_pattern"):
+        problems.append("rank_pattern/alpha_pattern (peft scales those modules by their own alpha/r, vLLM by the "
+                        "global one)")
+    if peft_config.get("modules_to_save"):
+        problems.append(f"modules_to_save={peft_config['modules_to_save']} (vLLM refuses it too)")
+    if str(peft_config.get("bias", "none")) != "none" or peft_config.get("lora_bias"):
+        problems.append("bias/lora_bias (trained biases are not lora_A/lora_B)")
+    if peft_config.get("fan_in_fan_out"):
+        problems.append("fan_in_fan_out=True (Conv1D weights are stored transposed)")
+    if peft_config.get("target_parameters"):
+        problems.append(f"target_parameters={peft_config['target_parameters']} (LoRA on nn.Parameters, not "
+                        "Linears)")
+    if problems:
+        raise ValueError("hf rollout: the pushed LoRA adapter uses peft settings it cannot apply: "
+                         + "; ".join(problems) + ". Set actor_rollout_ref.model.lora.merge=true (verl then pushes "
+                         "merged weights) or use vLLM.")
+    r, alpha = int(peft_config["r"]), float(peft_config["lora_alpha"])
+    return alpha / math.sqrt(r) if peft_config.get("use_rslora") else alpha / r
+
+
+def merged_lora_weights(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor],
+                        scale: float) -> dict[str, torch.Tensor]:
+    """The weights of the Linears an adapter targets, with the adapter merged in, in fp32:
+
+        W = W_base + scale · B @ A
+
+    which is what peft's forward computes (``base(x) + lora_B(lora_A(x)) · scaling``) and vLLM's LoRA
+    kernels add to the base layer's output, folded into one weight so the served HF model needs no LoRA
+    layer. Always from the base, never from the previous merge, so no rounding accumulates over steps.
+
+    base: HF weight name (``model.layers.0.self_attn.q_proj.weight``) -> W_base [out, in], for at least
+        every targeted Linear.
+    adapter: ``<module>.lora_A.weight`` -> A [r, in] and ``<module>.lora_B.weight`` -> B [out, r], peft's
+        ``base_model.model.`` prefix already removed (:func:`lora_adapter_name`).
+    scale: :func:`lora_scale` of the adapter's peft config.
+    Returns ``<module>.weight`` -> W [out, in] (fp32) for every targeted Linear, and nothing else: the
+    other weights stay the base's.
+    """
+    merged = {}
+    for weight in lora_target_weights(adapter):
+        module = weight[: -len(".weight")]
+        a, b = adapter.get(f"{module}.lora_A.weight"), adapter.get(f"{module}.lora_B.weight")
+        if a is None or b is None:
+            raise KeyError(f"hf rollout: LoRA adapter of {module} has lora_A without lora_B or the reverse")
+        if weight not in base:
+            raise KeyError(f"hf rollout: LoRA targets {module}, whose weight {weight} is not in the served model")
+        w = base[weight].to(torch.float32)  # [out, in]
+        a, b = a.to(torch.float32), b.to(torch.float32)  # A [r, in], B [out, r]
+        if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0] or (b.shape[0], a.shape[1]) != tuple(w.shape):
+            raise ValueError(
+                f"hf rollout: LoRA shapes of {module} do not fit its weight: lora_A {tuple(a.shape)}, lora_B "
+                f"{tuple(b.shape)}, weight {tuple(w.shape)} (expected [r, in], [out, r], [out, in])")
+        merged[weight] = w + scale * (b @ a)  # [out, r] @ [r, in] -> [out, in]
+    return merged
 
 
 class HFRolloutServer:
@@ -100,6 +210,9 @@ class HFRolloutServer:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._weights_version = 0
+        # LoRA adapter mode: fp32 base weights of the Linears an adapter has targeted (HF names); None while
+        # the served weights are not known to be the LoRA base (see load_weights).
+        self._lora_base: Optional[dict[str, torch.Tensor]] = None
         self._gate_open = True
         self._gate_event: asyncio.Event | None = None
         self.global_steps: Optional[int] = None
@@ -193,21 +306,88 @@ class HFRolloutServer:
                             fut.set_exception(exc)
 
     # -- weights ----------------------------------------------------------------------------
-    def load_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
-        """Copy trainer weights (HF parameter names) into the served model; returns #tensors."""
-        own = self.model.state_dict()
-        unknown = [k for k in state_dict if k not in own]
-        if unknown:
-            raise KeyError(f"hf rollout: weights not in the served model: {unknown[:5]} (+{max(0, len(unknown) - 5)})")
-        with torch.no_grad():
-            for name, tensor in state_dict.items():
-                own[name].copy_(tensor.to(own[name].dtype))
-        if self.model.config.tie_word_embeddings and "lm_head.weight" not in state_dict:
-            self.model.tie_weights()
+    def load_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None,
+                     peft_config: Optional[dict] = None, base_sync_done: bool = False) -> int:
+        """Copy trainer weights into the served model; returns #tensors.
+
+        The three pushes verl makes are told apart as verl's vLLM worker tells them
+        (verl/workers/rollout/vllm_rollout/utils.py:281,305,373: adapter iff ``peft_config and base_sync_done``):
+
+        - ``peft_config=None``: full weights under their HF names (no LoRA, or LoRA in merge mode);
+        - ``peft_config`` with ``base_sync_done=False``: LoRA's frozen base, under HF names with peft's
+          ``.base_layer`` infix (:func:`lora_base_name`); it becomes the base the adapters merge into;
+        - ``peft_config`` with ``base_sync_done=True``: the adapter alone (``base_model.model.<module>.lora_A|B
+          .weight``). vLLM replaces its previous adapter with it; here every Linear it targets becomes
+          ``W_base + scale · B @ A`` (:func:`merged_lora_weights`) and every Linear an earlier adapter
+          targeted but this one does not is restored to its base.
+        """
+        if peft_config and base_sync_done:
+            self._load_lora_adapter(state_dict, peft_config)
+        else:
+            if peft_config:
+                state_dict = {lora_base_name(k): v for k, v in state_dict.items()}
+            own = self.model.state_dict()
+            unknown = [k for k in state_dict if k not in own]
+            if unknown:
+                raise KeyError(
+                    f"hf rollout: weights not in the served model: {unknown[:5]} (+{max(0, len(unknown) - 5)})")
+            with torch.no_grad():
+                for name, tensor in state_dict.items():
+                    own[name].copy_(tensor.to(own[name].dtype))
+            if self.model.config.tie_word_embeddings and "lm_head.weight" not in state_dict:
+                self.model.tie_weights()
+            # A LoRA base push makes the served weights the base (copied lazily, per targeted Linear, at the
+            # adapter push: untargeted ones are never modified); full weights are no LoRA base.
+            self._lora_base = {} if peft_config else None
         self._weights_version += 1
         if global_steps is not None:
             self._set_step(global_steps)
         return len(state_dict)
+
+    def _load_lora_adapter(self, state_dict: dict[str, torch.Tensor], peft_config: dict) -> None:
+        """Merge an adapter push into the served model from the fp32 base (see :meth:`load_weights`)."""
+        if self._lora_base is None:
+            load_format = str(getattr(self.config, "load_format", "dummy"))
+            if self._weights_version == 0 and "dummy" not in load_format:
+                # verl pushes no base when rollout.load_format is not dummy (its worker starts with
+                # base_sync_done=True, verl/workers/engine_workers.py:673): the rollout is to serve the
+                # checkpoint it loaded, which for this server is model.path, read at start.
+                self._lora_base = {}
+            else:
+                raise RuntimeError(
+                    "hf rollout: LoRA adapter pushed before the base weights "
+                    + ("(verl pushes the base first when actor_rollout_ref.rollout.load_format is dummy, "
+                       f"load_format={load_format}; verl PR #5769 fixed such an ordering bug for SGLang)"
+                       if self._weights_version == 0 else
+                       "(the last push was full weights, peft_config=None, so the served weights are no LoRA base)")
+                    + ": merging it into these weights would not be the trained policy.")
+        scale = lora_scale(peft_config)
+        adapter = {lora_adapter_name(k): v for k, v in state_dict.items()}
+        targets = set(lora_target_weights(adapter))
+        own = self.model.state_dict()
+        unknown = sorted(t for t in targets if t not in own)
+        if unknown:
+            raise KeyError(
+                f"hf rollout: LoRA targets weights not in the served model: {unknown[:5]} "
+                f"(+{max(0, len(unknown) - 5)})")
+        aliases: dict[int, list[str]] = {}
+        params = list(self.model.named_parameters(remove_duplicate=False))
+        for name, param in params:
+            aliases.setdefault(id(param), []).append(name)
+        for name, param in params:
+            if name in targets and len(aliases[id(param)]) > 1:
+                raise ValueError(
+                    f"hf rollout: LoRA targets {name}, which the served model shares with "
+                    f"{[n for n in aliases[id(param)] if n != name]} (tied embeddings): merging it would change "
+                    "those too, while peft and vLLM apply it to this module only. Set "
+                    "actor_rollout_ref.model.lora.merge=true or leave the module out of target_modules.")
+        for name in sorted(targets):
+            if name not in self._lora_base:  # never merged into yet, so the served weight is the base
+                self._lora_base[name] = own[name].detach().to(torch.float32, copy=True)
+        merged = merged_lora_weights(self._lora_base, adapter, scale)
+        with torch.no_grad():
+            for name, base in self._lora_base.items():
+                own[name].copy_(merged.get(name, base).to(own[name].dtype))
 
     def weights_version(self) -> int:
         return self._weights_version

@@ -164,7 +164,8 @@ def test_cpu_worker_threads_share_the_cores_between_the_nodes_ranks():
     ({"actor_rollout_ref.model.lora.rank": 8}, "lora_rank=0"),
     ({"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.checkpoint_engine.backend": "nccl"},
      "#7495"),
-    ({"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.name": "hf"}, "lora.merge=true"),
+    ({"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.name": "hf",
+      "actor_rollout_ref.model.target_parameters": ["mlp.experts.gate_up_proj"]}, "target_parameters"),
 ])
 def test_lora_settings_verl_gets_silently_wrong_are_refused(settings, fragment):
     problems = unsupported_settings(_base(**settings))
@@ -173,6 +174,8 @@ def test_lora_settings_verl_gets_silently_wrong_are_refused(settings, fragment):
 
 @pytest.mark.parametrize("settings", [
     {"actor_rollout_ref.model.lora_rank": 8},  # vLLM (verl's default rollout), adapter mode, naive push
+    # the hf rollout in adapter mode: it merges the pushed adapter itself (tests/unit/rollout/test_hf_lora.py)
+    {"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.name": "hf"},
     {"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.name": "hf",
      "actor_rollout_ref.model.lora.merge": True},
     {"actor_rollout_ref.model.lora_rank": 8, "actor_rollout_ref.rollout.checkpoint_engine.backend": "nccl",
