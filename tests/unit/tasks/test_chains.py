@@ -13,25 +13,23 @@ from verl_ext.reward import compute_score
 from verl_ext.tasks import TASKS, chains
 from verl_ext.tasks.arith_dataset import main as make_data
 
-STEP = re.compile(r"^(\d+)\+(\d)=(\d+)$")
-
-
 @pytest.mark.parametrize("level", chains.LEVELS + chains.OOD_LEVELS)
-def test_demonstrations_are_chains_of_true_one_digit_steps(level):
+def test_demonstrations_rewrite_the_sum_one_addition_per_line(level):
     rng = random.Random(level)
     for _ in range(200):
         p = chains.make_problem(level, rng)
-        *lines, boxed = p.demonstration.split("\n")
+        first, *lines, boxed = p.demonstration.split("\n")
         assert boxed == f"\\boxed{{{p.answer}}}"
-        k = {9: chains.LONG_K}.get(level, level)
-        assert len(lines) == k or (level == 10 and len(lines) in chains.SPACED_K)
         operands = [int(x) for x in re.split(r"\s*\+\s*", p.question)]
+        assert first == "+".join(map(str, operands))  # the sum restated (spaces dropped)
+        k = len(operands) - 1
+        assert k == {9: chains.LONG_K}.get(level, level) or (level == 10 and k in chains.SPACED_K)
+        assert len(lines) == k and all(1 <= d <= 9 for d in operands[1:])
         total = operands[0]
-        for line, d in zip(lines, operands[1:], strict=True):
-            x, dd, y = (int(g) for g in STEP.match(line).groups())
-            assert (x, dd, y) == (total, d, total + d) and 1 <= d <= 9
-            total = y
-            assert total < p.answer or line is lines[-1]  # every partial total is below the answer
+        for i, line in enumerate(lines):  # line i: the running total, then the operands not yet added
+            total += operands[i + 1]
+            assert [int(x) for x in line.split("+")] == [total, *operands[i + 2:]]
+            assert total < p.answer or i == k - 1  # every partial total is below the answer
         assert total == p.answer
         assert (" " in p.question) == (level == 10)
         assert compute_score(chains.DATA_SOURCE, p.demonstration, str(p.answer))["score"] == 1.0
@@ -40,14 +38,15 @@ def test_demonstrations_are_chains_of_true_one_digit_steps(level):
 def test_level_one_covers_every_step_a_chain_meets():
     rng = random.Random(0)
     xs = {int(chains.make_problem(1, rng).question.split("+")[0]) for _ in range(5000)}
-    chain_max = 9 + 9 * max(chains.LEVELS)  # the largest x a step of level 8 starts from, bound
-    assert xs == set(range(chains.STEP_X_MAX + 1)) and chain_max - 9 <= chains.STEP_X_MAX
+    # the largest running total a step of any chain starts from, OOD's longer chain included
+    assert xs == set(range(chains.STEP_X_MAX + 1)) and 9 + 9 * (chains.LONG_K - 1) <= chains.STEP_X_MAX
 
 
 def test_a_chain_stopped_early_is_graded_wrong():
     p = chains.make_problem(5, random.Random(3))
-    early = "\n".join(p.demonstration.split("\n")[:2])
-    partial = int(early.rsplit("=", 1)[1])
+    lines = p.demonstration.split("\n")
+    early = "\n".join(lines[:3])
+    partial = int(lines[2].split("+")[0])
     assert compute_score(chains.DATA_SOURCE, early + f"\n\\boxed{{{partial}}}", str(p.answer))["score"] == 0.0
 
 
