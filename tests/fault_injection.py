@@ -1,4 +1,5 @@
-"""Test-only fault injection: NaN gradients at chosen optimizer steps of the HPT worker.
+"""Test-only fault injection: NaN gradients at chosen optimizer steps of the HPT worker, and LoRA
+adapter pushes to the ``hf`` rollout that never arrive (``HPT_FAULT_DROP_LORA_ADAPTER``, at the end).
 
 Not part of the production path: nothing in ``recipe/`` or ``verl_ext/`` refers to it. An end-to-end
 test enables it in every process by adding this module to ``VERL_USE_EXTERNAL_MODULES`` (verl's
@@ -68,3 +69,43 @@ def _enable_in_worker() -> None:
 
 if os.environ.get(FAULT_ENV):  # a process of a run the test launched with FAULT_INJECTION_ENV
     _enable_in_worker()
+
+
+# ---------------------------------------------------------------- a LoRA adapter push that never arrives
+LORA_FAULT_ENV = "HPT_FAULT_DROP_LORA_ADAPTER"  # "all": every adapter push; "after_first": all but the first
+
+
+def drop_lora_adapter_pushes(adapter_cls, spec: str) -> None:
+    """Wrap the ``hf`` rollout's worker-side ``update_weights`` so that adapter pushes (``peft_config``
+    with ``base_sync_done``) never reach the server, as ``spec`` says: the rollout keeps serving the
+    base (or the first adapter) while the actor trains, the symptom verl issue #7495 reports for vLLM.
+    The dropped push's tensors are still drained (gathering them is collective)."""
+    original = adapter_cls.update_weights
+    seen = {"n": 0}
+
+    async def update_weights(self, weights, wire_format="named_tensors", **kwargs):
+        if kwargs.get("peft_config") and kwargs.get("base_sync_done"):
+            seen["n"] += 1
+            if spec == "all" or (spec == "after_first" and seen["n"] > 1):
+                for _ in weights:
+                    pass
+                logger.warning("HPT fault injection: LoRA adapter push %d dropped", seen["n"])
+                return None
+        return await original(self, weights, wire_format, **kwargs)
+
+    adapter_cls.update_weights = update_weights
+
+
+def _drop_lora_pushes_in_this_process() -> None:
+    import sys
+
+    server = sys.modules.get("verl_ext.rollout.hf_server")
+    if server is not None and not hasattr(server, "HFRolloutServer"):
+        return  # the server actor, importing its own module (and verl) right now: pushes are sent elsewhere
+    from verl_ext.rollout.hf_adapter import HFServerAdapter
+
+    drop_lora_adapter_pushes(HFServerAdapter, os.environ[LORA_FAULT_ENV])
+
+
+if os.environ.get(LORA_FAULT_ENV):
+    _drop_lora_pushes_in_this_process()
