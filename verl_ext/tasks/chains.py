@@ -4,10 +4,11 @@ Difficulty is the number of additions k. A demonstration first restates the sum,
 per addition: the previous line with its first two numbers replaced by their sum. Every line is one
 step x+d (d in 1..9) plus a copy of the rest of the line, and level 1 is the step alone for any x in
 0..90, so a model warmed up on levels 1 and 2 has seen every step a longer chain needs and the
-bookkeeping of two; a longer chain adds longer copies, not new arithmetic. Demonstrations then teach
-what the model can learn but not find (the premise hybrid training rests on; Arena I's multiplication
-levels broke it), and chains one step longer than the warm-up's are within the model's reach
-sometimes (RL's regime).
+bookkeeping of two; a longer chain adds longer copies, not new arithmetic. The intent: demonstrations
+teach what the model can learn but not find (the premise hybrid training rests on; Arena I's
+multiplication levels broke it), and chains one step longer than the warm-up's are within the model's
+reach sometimes (RL's regime). Measured so far (results/arena2/probes.md): the second holds with a rare
+level 3 in the warm-up; the first does not yet hold in the arena's budget for this format either.
 
 Additions only, so every partial total is below the answer: a model that stops a chain early, or
 drops an operand, is always wrong. Earlier versions and why they were dropped: results/arena2/probes.md
